@@ -1,0 +1,28 @@
+"""modeldoctor: diagnose PyTorch models that run without errors but predict badly.
+
+Flat public API; see README.md and `modeldoctor --help`.
+"""
+import os
+
+# Tiny models on busy cores: OpenMP threads that spin-wait make PyTorch 20-40x slower.
+# Passive waiting must be chosen before torch loads its OpenMP runtime; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+__version__ = "0.1.0"
+
+from .check import Check, CheckContext  # noqa: E402
+from .checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from .errors import BudgetExceeded, InputError  # noqa: E402
+from .fix import Fix, apply_fixes  # noqa: E402
+from .registry import build_subject, load_plugin, register_check, register_fix, register_subject  # noqa: E402
+from .results import CheckResult, Evidence, Figure  # noqa: E402
+from .runner import build_report, run_battery, run_check  # noqa: E402
+from .subject import MappedBatches, QuerySpace, Recipe, Subject, Task  # noqa: E402
+from .training import evaluate, seed_everything, train  # noqa: E402
+
+__all__ = [
+    "BudgetExceeded", "Check", "CheckContext", "CheckResult", "Evidence", "Figure", "Fix", "InputError",
+    "LoadedCheckpoint", "MappedBatches", "QuerySpace", "Recipe", "Subject", "Task", "apply_fixes",
+    "build_report", "build_subject", "evaluate", "load_checkpoint", "load_plugin", "register_check",
+    "register_fix", "register_subject", "run_battery", "run_check", "save_checkpoint", "seed_everything", "train",
+]

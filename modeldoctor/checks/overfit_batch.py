@@ -1,0 +1,96 @@
+"""overfit-batch: can a copy of the model memorise one fixed training batch?"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..check import Check, CheckContext
+from ..numerics import mse, psnr_db
+from ..registry import register_check
+from ..results import Evidence, Figure
+from ..subject import Subject
+from ..training import collect_predictions, data_range, train
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout makes a fixed batch a moving target; switch it off on the copy."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        elif isinstance(module, nn.MultiheadAttention):
+            module.dropout = 0.0
+
+
+@register_check
+class OverfitBatch(Check):
+    """Single-batch overfit: can a copy of the model memorise one fixed training batch?
+
+    What it checks
+    Trains a copy of the model on the first training batch, frozen (same examples, same queries
+    and masks every step, dropout off), with the subject's own loss, optimizer and learning rate,
+    and measures how far the loss falls. For regression with a known value range it also measures
+    the PSNR reached on that batch.
+
+    Why it matters
+    Karpathy's recipe (2019): a model that cannot drive one batch to near-zero loss has a bug in
+    its data, loss or graph (labels misaligned, loss on the wrong tensor, a detached branch,
+    parameters missing from the optimizer) or a capacity bottleneck; nothing else is worth
+    debugging first. Passing it means the model *can* fit, so poor evaluation numbers point at
+    generalisation or at a train/eval mismatch instead.
+
+    Evidence
+    The loss curve (log scale), initial and final loss, the fractional loss drop and, for
+    regression, the PSNR on the memorised batch.
+
+    Fixes
+    None automatic: a failure points at a bug class (see above). Check the loss, the labels and
+    `requires_grad`, raise capacity temporarily, or sweep the learning rate.
+
+    Options
+    steps (300): training steps on the batch (HF's TrainingTesterMixin uses 300).
+    lr (None): learning rate; None uses the subject's recipe.
+    pass_loss_drop (0.95), warn_loss_drop (0.80): fraction the loss must fall (HF mixin: 95%).
+    pass_psnr_db (35), warn_psnr_db (25): PSNR thresholds for regression in a known range.
+    """
+
+    slug = "overfit-batch"
+    code = "MD001"
+    severity = "error"
+    title = "Single-batch overfit"
+    fixes = ()
+    default_options = {"steps": 300, "lr": None, "pass_loss_drop": 0.95, "warn_loss_drop": 0.80, "pass_psnr_db": 35.0, "warn_psnr_db": 25.0}
+
+    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+        batch = next(iter(subject.train_batches))  # frozen: the same object every step
+        disable_dropout(subject.model)
+        log = train(subject, self.options["steps"], batches=[batch], lr=self.options["lr"], deadline=ctx.deadline)
+        initial, final = log.losses[0], log.losses[-1]
+        metrics = {
+            "initial_loss": initial,
+            "final_loss": final,
+            "loss_drop": 1.0 - final / initial if initial > 0 else 0.0,
+            "steps": len(log.losses),
+        }
+        regression = subject.task.kind == "regression" and subject.task.value_range is not None
+        if regression:
+            prediction, target = collect_predictions(subject, batches=[batch])
+            metrics["psnr_db"] = psnr_db(mse(prediction, target), data_range(subject))
+        curve = Figure("line", "Loss on the frozen batch", {
+            "series": [{"name": "loss", "x": list(range(len(log.losses))), "y": log.losses}],
+            "xlabel": "step", "ylabel": "loss", "logy": min(log.losses) > 0,
+        })
+        return Evidence(metrics=metrics, figures=[curve])
+
+    def judge(self, evidence: Evidence) -> tuple[str, str]:
+        m, o = evidence.metrics, self.options
+        if m["final_loss"] != m["final_loss"]:  # NaN
+            return "fail", "loss became NaN while overfitting one batch: look for log/div of bad values or a too-high LR"
+        if "psnr_db" in m:
+            status = "pass" if m["psnr_db"] >= o["pass_psnr_db"] else "warn" if m["psnr_db"] >= o["warn_psnr_db"] else "fail"
+            said = f"reached {m['psnr_db']:.1f} dB on one batch in {m['steps']} steps (loss fell {m['loss_drop']:.1%})"
+        else:
+            drop = m["loss_drop"]
+            status = "pass" if drop >= o["pass_loss_drop"] else "warn" if drop >= o["warn_loss_drop"] else "fail"
+            said = f"loss fell {drop:.1%} on one batch in {m['steps']} steps"
+        if status == "pass":
+            return status, f"can memorise a batch: {said}"
+        return status, f"cannot memorise one batch: {said}; suspect the loss, labels, a detached graph or capacity"

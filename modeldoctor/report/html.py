@@ -1,0 +1,332 @@
+"""Render report and bench JSON (plain dicts) as one self-contained HTML page.
+
+The page has no external references: CSS is inline, figures are inline SVG drawn by
+`figures.figure_svg`. Every string from the data goes through Jinja2's autoescaping; only
+SVG markup produced by matplotlib (or our own escaped placeholder) is marked safe.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+import re
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from ..results import counts as count_statuses
+from ..results import worst_status
+from .figures import figure_svg, format_number
+
+__all__ = ["render_html", "doc_blocks", "format_metric"]
+
+KNOWN_STATUSES = ("pass", "warn", "fail", "skip", "error")
+DOC_HEADINGS = frozenset({
+    # checks (fixed by the design)
+    "What it checks", "Why it matters", "Evidence", "Fixes", "Options",
+    # fixes and general docstring sections
+    "What it changes", "Why it helps", "Seed", "Retraining", "Kind", "Notes", "Example",
+    "Examples", "References",
+})
+SHA_SHORT = 12
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("modeldoctor", "report/templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = format_number
+    env.filters["status_class"] = status_class
+    return env
+
+
+def status_class(status: Any) -> str:
+    """A CSS-safe class for a status; unknown statuses look like `skip`."""
+    return str(status) if status in KNOWN_STATUSES else "unknown"
+
+
+def render_html(report: dict | None = None, bench: dict | None = None,
+                docs: dict[str, str] | None = None, title: str = "modeldoctor report") -> str:
+    """One self-contained HTML page for a diagnose report and/or a bench run.
+
+    `docs` maps check and fix slugs to their docstrings (shown with each check and fix).
+    """
+    docs = docs or {}
+    page = {
+        "title": title,
+        "header": _header(report, bench),
+        "checks": [_check_view(r, docs) for r in (report or {}).get("results") or []],
+        "has_report": report is not None,
+        "bench": _bench_view(bench) if bench is not None else None,
+    }
+    return _environment().get_template("report.html.j2").render(**page)
+
+
+# ----------------------------------------------------------------------------- header
+
+def _header(report: dict | None, bench: dict | None) -> dict:
+    """Subject, provenance and overall status for the top of the page."""
+    report = report or {}
+    subject = report.get("subject") or (bench or {}).get("subject") or {}
+    results = report.get("results") or []
+    statuses = [r.get("status") for r in results if r.get("status") in KNOWN_STATUSES]
+    sha = str(subject.get("sha256") or "")
+    config = subject.get("config")
+    return {
+        "name": subject.get("name") or "unnamed subject",
+        "checkpoint": subject.get("checkpoint"),
+        "sha256": sha,
+        "sha_short": sha[:SHA_SHORT] + ("…" if len(sha) > SHA_SHORT else ""),
+        "description": subject.get("description"),
+        "fixes_applied": list(subject.get("fixes_applied") or []),
+        "config": _pretty_json(config) if config not in (None, {}, "") else None,
+        "status": report.get("status") or (worst_status(statuses) if report else None),
+        "counts": report.get("counts") or count_statuses([{"status": s} for s in statuses]),
+        "created": report.get("created") or (bench or {}).get("created"),
+        "tool_version": report.get("tool_version") or (bench or {}).get("tool_version"),
+    }
+
+
+def _pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _check_view(result: dict, docs: dict[str, str]) -> dict:
+    """Everything the template needs for one check card, already formatted."""
+    slug = str(result.get("check") or "unnamed-check")
+    return {
+        "slug": slug,
+        "anchor": "check-" + _anchor(slug),
+        "code": result.get("code"),
+        "status": result.get("status") or "unknown",
+        "severity": result.get("severity"),
+        "summary": result.get("summary") or "",
+        "duration": _duration(result.get("duration_s")),
+        "metrics": [(str(k), format_metric(v)) for k, v in (result.get("metrics") or {}).items()],
+        "figures": [_safe_svg(f) for f in result.get("figures") or []],
+        "notes": [str(n) for n in result.get("notes") or []],
+        "error": result.get("error") if result.get("status") == "error" else None,
+        "options": _pretty_json(result["options"]) if result.get("options") else None,
+        "doc": doc_blocks(docs.get(slug)),
+        "fixes": [_fix_view(str(f), docs) for f in result.get("fixes") or []],
+    }
+
+
+def _fix_view(slug: str, docs: dict[str, str]) -> dict:
+    blocks = doc_blocks(docs.get(slug))
+    lead = blocks[0] if blocks and blocks[0]["type"] == "para" else None
+    return {"slug": slug, "lead": lead, "doc": blocks[1:] if lead else blocks}
+
+
+def _anchor(text: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "x"
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "—"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _safe_svg(figure: dict) -> Markup:
+    """SVG from matplotlib (or our own escaped placeholder): the one thing marked safe."""
+    return Markup(figure_svg(figure))
+
+
+def format_metric(value: Any) -> str:
+    """A metric value for a table cell: numbers to 4 significant digits, lists and dicts compact."""
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(format_metric(v) for v in list(value)[:8])
+        return f"[{shown}{', …' if len(value) > 8 else ''}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_metric(v)}" for k, v in value.items()) + "}"
+    return format_number(value)
+
+
+# ----------------------------------------------------------------------------- docs
+
+def doc_blocks(text: str | None) -> list[dict]:
+    """Split a docstring into blocks: heading, para, list, pre (all plain text, escaped later).
+
+    A line that equals a known heading (optionally with a trailing colon) becomes a heading;
+    indented lines are preformatted; `- ` / `* ` lines are list items; the rest are paragraphs.
+    Paragraph and list text is a list of `(text, is_code)` segments for `backtick` spans.
+    """
+    if not text:
+        return []
+    blocks: list[dict] = []
+    current: dict | None = None
+    lines = inspect.cleandoc(str(text)).splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if current is None and blocks and blocks[-1]["type"] == "heading" \
+                and re.fullmatch(r"[-=~]{3,}", stripped):
+            continue  # underline of a heading
+        if stripped.rstrip(":") in DOC_HEADINGS:
+            current = None
+            blocks.append({"type": "heading", "text": stripped.rstrip(":")})
+        elif not stripped:
+            if current and current["type"] == "pre":
+                current["lines"].append("")
+            else:
+                current = None
+        elif current and current["type"] == "list" and line[:1].isspace():
+            current["raw"][-1] += " " + stripped
+        elif line.startswith(("    ", "\t")):
+            if not current or current["type"] != "pre":
+                current = {"type": "pre", "lines": []}
+                blocks.append(current)
+            current["lines"].append(line[4:] if line.startswith("    ") else line[1:])
+        elif stripped.startswith(("- ", "* ")):
+            if not current or current["type"] != "list":
+                current = {"type": "list", "raw": []}
+                blocks.append(current)
+            current["raw"].append(stripped[2:])
+        else:
+            if not current or current["type"] != "para":
+                current = {"type": "para", "raw": []}
+                blocks.append(current)
+            current["raw"].append(stripped)
+    return [_finish_block(b) for b in blocks]
+
+
+def _finish_block(block: dict) -> dict:
+    if block["type"] == "pre":
+        return {"type": "pre", "text": "\n".join(block["lines"]).rstrip()}
+    if block["type"] == "para":
+        return {"type": "para", "segments": _segments(" ".join(block["raw"]))}
+    if block["type"] == "list":
+        return {"type": "list", "items": [_segments(item) for item in block["raw"]]}
+    return block
+
+
+def _segments(text: str) -> list[tuple[str, bool]]:
+    parts = re.split(r"`([^`]+)`", text)
+    return [(part, i % 2 == 1) for i, part in enumerate(parts) if part]
+
+
+# ----------------------------------------------------------------------------- bench
+
+def _bench_view(bench: dict) -> dict:
+    """Arms, comparisons and curves of a bench run, formatted for the template."""
+    higher = bench.get("higher_is_better")
+    budget = bench.get("budget") or {}
+    arms = bench.get("arms") or []
+    trivial = bench.get("trivial")
+    return {
+        "metric": bench.get("metric") or "metric",
+        "higher_is_better": higher,
+        "steps": budget.get("steps"),
+        "seeds": list(budget.get("seeds") or []),
+        "budget_extra": {k: v for k, v in budget.items() if k not in ("steps", "seeds")},
+        "arms": [_arm_view(a) for a in arms],
+        "trivial": ({"name": trivial.get("name") or "trivial baseline",
+                     "value": format_number(trivial.get("value"))}
+                    if isinstance(trivial, dict) else None),
+        "comparisons": [_comparison_view(c, higher) for c in bench.get("comparisons") or []],
+        "arms_svg": _safe_svg(_arms_figure(bench)) if arms else None,
+        "curves_svg": _safe_svg(curves_figure(bench["curves"])) if bench.get("curves") else None,
+    }
+
+
+def _arm_view(arm: dict) -> dict:
+    return {
+        "name": str(arm.get("name") or "arm"),
+        "fixes": [str(f) for f in arm.get("fixes") or []],
+        "values": [format_number(v) for v in arm.get("values") or []],
+        "mean_std": _mean_std(arm.get("mean"), arm.get("std")),
+    }
+
+
+def _mean_std(mean: Any, std: Any) -> str:
+    if std is None:
+        return format_number(mean)
+    return f"{format_number(mean)} ± {format_number(std)}"
+
+
+def _signed(value: Any) -> str:
+    text = format_number(value)
+    return "+" + text if isinstance(value, (int, float)) and value > 0 else text
+
+
+def _comparison_view(comparison: dict, higher_is_better: bool | None) -> dict:
+    """Delta with its 95% interval and a verdict: does the interval exclude 0, and which way?"""
+    delta = comparison.get("delta")
+    ci = comparison.get("ci95") or [None, None]
+    low, high = (ci + [None, None])[:2]
+    have_ci = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high))
+    excludes = have_ci and (low > 0 or high < 0)
+    if not have_ci:
+        verdict, tone = "no interval", "neutral"
+    elif not excludes:
+        verdict, tone = "interval includes 0: inconclusive", "neutral"
+    elif higher_is_better is None:
+        verdict, tone = "interval excludes 0", "good"
+    else:
+        better = (low > 0) == bool(higher_is_better)
+        verdict = f"{'better' if better else 'worse'}: interval excludes 0"
+        tone = "good" if better else "bad"
+    return {
+        "arm": str(comparison.get("arm") or "arm"),
+        "baseline": str(comparison.get("baseline") or "baseline"),
+        "delta": _signed(delta),
+        "ci": f"[{_signed(low)}, {_signed(high)}]" if have_ci else "—",
+        "excludes_zero": excludes,
+        "verdict": verdict,
+        "tone": tone,
+        "values": [_signed(v) for v in comparison.get("values") or []],
+    }
+
+
+def _arms_figure(bench: dict) -> dict:
+    """Bar chart of each arm's mean, with the trivial baseline as a reference line."""
+    trivial = bench.get("trivial")
+    hlines = ([{"y": trivial.get("value"), "label": trivial.get("name") or "trivial baseline"}]
+              if isinstance(trivial, dict) and trivial.get("value") is not None else [])
+    arms = bench.get("arms") or []
+    return {"kind": "bar", "title": f"{bench.get('metric') or 'metric'} by arm (mean over seeds)",
+            "labels": [str(a.get("name")) for a in arms], "values": [a.get("mean") for a in arms],
+            "ylabel": bench.get("metric") or "", "hlines": hlines}
+
+
+def curves_figure(curves: dict) -> dict:
+    """A `line` figure with one series per arm: the loss averaged over seeds at each step.
+
+    Each arm is `{"steps": [...], "loss": L}` where L is seeds × steps (one curve per seed),
+    steps × seeds, or a single flat curve; None values are ignored in the mean.
+    """
+    series = []
+    for name, curve in curves.items():
+        steps = list((curve or {}).get("steps") or [])
+        per_step = _per_step(steps, (curve or {}).get("loss") or [])
+        series.append({"name": str(name), "x": steps or list(range(len(per_step))),
+                       "y": [_nanmean(values) for values in per_step]})
+    finite = [v for s in series for v in s["y"] if v is not None]
+    return {"kind": "line", "title": "Training loss (mean over seeds)", "series": series,
+            "xlabel": "step", "ylabel": "loss", "logy": bool(finite) and min(finite) > 0}
+
+
+def _per_step(steps: list, loss: list) -> list[list]:
+    """Regroup loss values as one list of per-seed values per step."""
+    if not loss or not isinstance(loss[0], (list, tuple)):
+        return [[v] for v in loss]
+    n = len(steps)
+    rows_are_seeds = all(len(row) == n for row in loss) and (len(loss) != n or not n)
+    if rows_are_seeds:
+        return [list(column) for column in zip(*loss)]
+    return [list(row) for row in loss]
+
+
+def _nanmean(values: list) -> float | None:
+    finite = [float(v) for v in values
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None

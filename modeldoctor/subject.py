@@ -1,0 +1,116 @@
+"""The Subject: everything a registered model gives the doctor.
+
+A factory registered with ``@modeldoctor.register_subject(name)`` turns a config dict into a Subject.
+Checks read what they need from it and skip (with a reason) when a capability is missing.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+PredictFn = Callable[[nn.Module, Batch], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass
+class Task:
+    """What the model predicts and how it is scored.
+
+    kind: "regression", "classification", "tokens" or "retrieval".
+    value_range: (low, high) of regression targets; PSNR uses high - low as its data range.
+    metric: the task metric that `bench` compares (e.g. "psnr_db", "accuracy").
+    """
+
+    kind: str = "regression"
+    value_range: tuple[float, float] | None = None
+    metric: str = "psnr_db"
+    higher_is_better: bool = True
+
+
+@dataclass
+class Recipe:
+    """How the subject is trained; `bench` and the training checks reuse it."""
+
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    steps: int = 1000
+    schedule: str = "constant"  # constant | warmup-cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = None
+
+
+@dataclass
+class QuerySpace:
+    """Capability of query-based models (neural fields, masked modelling).
+
+    coords(batch) -> (B, Q, D) query coordinates that the batch asks the model about.
+    space: (P, D) every position a query can take (e.g. all pixels of the field).
+    resample(batch, generator) -> batch whose queries are drawn afresh from `space`
+        (used by the `random-queries` fix); None when the subject cannot do that.
+    """
+
+    coords: Callable[[Batch], torch.Tensor]
+    space: torch.Tensor
+    resample: Callable[[Batch, torch.Generator], Batch] | None = None
+
+
+class MappedBatches:
+    """A re-iterable view of `batches` with `fn(batch, generator)` applied to each batch.
+
+    The generator is re-seeded from torch's global RNG at each pass, so a seeded run is reproducible.
+    """
+
+    def __init__(self, batches: Iterable[Batch], fn: Callable[[Batch, torch.Generator], Batch]):
+        self.batches, self.fn = batches, fn
+
+    def __iter__(self) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+        for batch in self.batches:
+            yield self.fn(batch, generator)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
+@dataclass
+class Subject:
+    """A model together with its data, objective, task and training recipe.
+
+    Required: model, train_batches, eval_batches, loss, predict, task, recipe.
+    Optional capabilities unlock checks: `queries` (query-coverage, random-queries); later
+    capabilities (codecs, modality groups, routers, attention modules) go in `capabilities`.
+    `config` is what the factory was built from; it is saved in checkpoints.
+    `output_module` is the module whose output is the prediction (default: the model itself).
+    """
+
+    name: str
+    model: nn.Module
+    train_batches: Iterable[Batch]
+    eval_batches: Iterable[Batch]
+    loss: LossFn
+    predict: PredictFn
+    task: Task = field(default_factory=Task)
+    recipe: Recipe = field(default_factory=Recipe)
+    config: dict = field(default_factory=dict)
+    queries: QuerySpace | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    fixes_applied: list[str] = field(default_factory=list)
+    description: str = ""
+
+    def copy(self) -> "Subject":
+        """A copy whose model (and recipe) can be changed without touching this one."""
+        return replace(
+            self,
+            model=copy.deepcopy(self.model),
+            recipe=replace(self.recipe),
+            config=copy.deepcopy(self.config),
+            capabilities=dict(self.capabilities),
+            fixes_applied=list(self.fixes_applied),
+        )

@@ -1,0 +1,154 @@
+"""One training loop and one evaluation for every subject, driven by its Recipe.
+
+Checks, fixes, `bench` and the samples all train through `train`, so a recipe fix (warmup, clipping)
+acts everywhere at once.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BudgetExceeded
+from .numerics import mse, psnr_db
+from .subject import Batch, Recipe, Subject
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], recipe: Recipe, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = recipe.lr if lr is None else lr
+    params = [p for p in params if p.requires_grad]
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r} (use adam, adamw or sgd)")
+
+
+def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
+    """Multiplier on the peak LR at `step` (0-based) for the recipe's schedule."""
+    if recipe.schedule == "constant":
+        return 1.0
+    if recipe.schedule == "warmup-cosine":
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        span = max(1, total_steps - recipe.warmup_steps)
+        progress = min(1.0, (step - recipe.warmup_steps) / span)
+        return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {recipe.schedule!r} (use constant or warmup-cosine)")
+
+
+def cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """Endless pass over a re-iterable (a new shuffle each epoch, as a DataLoader does)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the subject's training batches are empty")
+
+
+@dataclass
+class TrainLog:
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train(
+    subject: Subject,
+    steps: int | None = None,
+    *,
+    model: nn.Module | None = None,
+    batches: Iterable[Batch] | None = None,
+    lr: float | None = None,
+    deadline: float | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainLog:
+    """Train `model` (default: subject.model, in place) with the subject's loss and recipe.
+
+    batches: defaults to the subject's training batches; pass `[batch]` to overfit one batch.
+    deadline: a `time.monotonic()` value; past it the loop raises BudgetExceeded.
+    """
+    model = subject.model if model is None else model
+    recipe = subject.recipe
+    steps = recipe.steps if steps is None else steps
+    optimizer = make_optimizer(model.parameters(), recipe, lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    log, start = TrainLog(), time.monotonic()
+    model.train()
+    for step, batch in zip(range(steps), cycle(subject.train_batches if batches is None else batches)):
+        if deadline is not None and time.monotonic() > deadline:
+            raise BudgetExceeded(f"stopped after {step} of {steps} training steps")
+        factor = lr_factor(recipe, step, steps)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+        loss = subject.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if recipe.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        log.losses.append(float(loss.detach()))
+        log.lrs.append(base_lrs[0] * factor)
+        if on_step is not None:
+            on_step(step, log.losses[-1])
+    log.seconds = time.monotonic() - start
+    return log
+
+
+@torch.no_grad()
+def collect_predictions(
+    subject: Subject, batches: Iterable[Batch] | None = None, model: nn.Module | None = None, max_batches: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated (prediction, target) over the evaluation batches (or `batches`), model in eval mode."""
+    model = subject.model if model is None else model
+    was_training = model.training
+    model.eval()
+    predictions, targets = [], []
+    try:
+        for batch in itertools.islice(subject.eval_batches if batches is None else batches, max_batches):
+            prediction, target = subject.predict(model, batch)
+            predictions.append(prediction.detach().float().reshape(-1))
+            targets.append(target.detach().float().reshape(-1))
+    finally:
+        model.train(was_training)
+    return torch.cat(predictions), torch.cat(targets)
+
+
+def data_range(subject: Subject) -> float:
+    low, high = subject.task.value_range or (0.0, 1.0)
+    return float(high - low)
+
+
+def evaluate(subject: Subject, model: nn.Module | None = None) -> float:
+    """The subject's task metric on its evaluation batches."""
+    prediction, target = collect_predictions(subject, model=model)
+    metric = subject.task.metric
+    if metric == "psnr_db":
+        return psnr_db(mse(prediction, target), data_range(subject))
+    if metric == "mse":
+        return mse(prediction, target)
+    raise ValueError(f"unknown task metric {metric!r}")
+
+
+
+def target_mean(subject: Subject, max_batches: int | None = 20) -> torch.Tensor:
+    """Mean training target (scalar tensor): what the trivial mean predictor outputs."""
+    _, target = collect_predictions(subject, batches=itertools.islice(subject.train_batches, max_batches))
+    return target.double().mean().float()
