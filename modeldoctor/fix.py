@@ -18,6 +18,8 @@ from .errors import InputError
 from .registry import get_fix
 from .subject import Subject
 
+DOC_HEADINGS = ("What it changes", "Why", "Seed", "Retraining")
+
 
 class Fix:
     slug: ClassVar[str] = ""

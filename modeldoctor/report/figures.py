@@ -216,7 +216,7 @@ def _annotate(ax: Axes, matrix: np.ma.MaskedArray, norm: Any) -> None:
     for (i, j), value in np.ndenumerate(matrix.filled(np.nan)):
         if math.isfinite(value):
             light = norm(value) > 0.6
-            ax.text(j, i, format_number(float(value), 3), ha="center", va="center", fontsize=7,
+            ax.text(j, i, format_number(float(value), 3), ha="center", va="center", fontsize=8,
                     color="#111827" if light else "#f9fafb")
 
 

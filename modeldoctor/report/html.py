@@ -17,19 +17,16 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from ..results import counts as count_statuses
+from ..check import DOC_HEADINGS as CHECK_HEADINGS
+from ..fix import DOC_HEADINGS as FIX_HEADINGS
 from ..results import worst_status
 from .figures import figure_svg, format_number
 
 __all__ = ["render_html", "doc_blocks", "format_metric"]
 
 KNOWN_STATUSES = ("pass", "warn", "fail", "skip", "error")
-DOC_HEADINGS = frozenset({
-    # checks (fixed by the design)
-    "What it checks", "Why it matters", "Evidence", "Fixes", "Options",
-    # fixes and general docstring sections
-    "What it changes", "Why it helps", "Seed", "Retraining", "Kind", "Notes", "Example",
-    "Examples", "References",
-})
+# The fixed headings of check and fix docstrings, plus a few general ones.
+DOC_HEADINGS = frozenset({*CHECK_HEADINGS, *FIX_HEADINGS, "Notes", "Example", "Examples", "References"})
 SHA_SHORT = 12
 
 

@@ -116,13 +116,14 @@ def _comparisons_table(comparisons: list[dict], higher: bool | None) -> Table:
         low, high = (list(comparison.get("ci95") or []) + [None, None])[:2]
         table.add_row(Text(str(comparison.get("arm"))), Text(str(comparison.get("baseline") or "baseline")),
                       _signed(comparison.get("delta")),
-                      f"[{_signed(low)}, {_signed(high)}]", _verdict(low, high, higher))
+                      Text(f"[{_signed(low)}, {_signed(high)}]"), _verdict(low, high, higher))
     return table
 
 
 def _signed(value: Any) -> str:
     text = format_number(value)
-    return "+" + text if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else text
+    positive = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return "+" + text if positive else text
 
 
 def _verdict(low: Any, high: Any, higher: bool | None) -> Text:
