@@ -114,3 +114,54 @@ class Subject:
             capabilities=dict(self.capabilities),
             fixes_applied=list(self.fixes_applied),
         )
+
+
+class TensorBatches:
+    """Re-iterable (x, y) mini-batches over tensors, reshuffled each pass (like a DataLoader)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 32, shuffle: bool = True):
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.x)) if self.shuffle else torch.arange(len(self.x))
+        for start in range(0, len(self.x), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            yield self.x[rows], self.y[rows]
+
+
+def tensor_predict(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    return model(x), y
+
+
+def mse_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    prediction, target = tensor_predict(model, batch)
+    return torch.mean((prediction - target) ** 2)
+
+
+def regression_subject(
+    name: str,
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    evaluation: tuple[torch.Tensor, torch.Tensor],
+    *,
+    batch_size: int = 32,
+    value_range: tuple[float, float] | None = None,
+    recipe: Recipe | None = None,
+    **fields: Any,
+) -> Subject:
+    """A Subject for the common case: a model mapping x to y, trained with MSE on (x, y) tensors."""
+    return Subject(
+        name=name,
+        model=model,
+        train_batches=TensorBatches(*train, batch_size=batch_size),
+        eval_batches=TensorBatches(*evaluation, batch_size=batch_size, shuffle=False),
+        loss=mse_loss,
+        predict=tensor_predict,
+        task=Task(kind="regression", value_range=value_range, metric="psnr_db"),
+        recipe=recipe or Recipe(),
+        **fields,
+    )
