@@ -298,29 +298,16 @@ def _arms_figure(bench: dict) -> dict:
 def curves_figure(curves: dict) -> dict:
     """A `line` figure with one series per arm: the loss averaged over seeds at each step.
 
-    Each arm is `{"steps": [...], "loss": L}` where L is seeds × steps (one curve per seed),
-    steps × seeds, or a single flat curve; None values are ignored in the mean.
+    Each arm is `{"steps": [...], "loss": [[...] per seed]}` (seeds × steps, as bench writes it);
+    None values are ignored in the mean.
     """
     series = []
     for name, curve in curves.items():
-        steps = list((curve or {}).get("steps") or [])
-        per_step = _per_step(steps, (curve or {}).get("loss") or [])
-        series.append({"name": str(name), "x": steps or list(range(len(per_step))),
-                       "y": [_nanmean(values) for values in per_step]})
+        steps, per_seed = list(curve.get("steps") or []), curve.get("loss") or []
+        series.append({"name": str(name), "x": steps, "y": [_nanmean(list(values)) for values in zip(*per_seed)]})
     finite = [v for s in series for v in s["y"] if v is not None]
     return {"kind": "line", "title": "Training loss (mean over seeds)", "series": series,
             "xlabel": "step", "ylabel": "loss", "logy": bool(finite) and min(finite) > 0}
-
-
-def _per_step(steps: list, loss: list) -> list[list]:
-    """Regroup loss values as one list of per-seed values per step."""
-    if not loss or not isinstance(loss[0], (list, tuple)):
-        return [[v] for v in loss]
-    n = len(steps)
-    rows_are_seeds = all(len(row) == n for row in loss) and (len(loss) != n or not n)
-    if rows_are_seeds:
-        return [list(column) for column in zip(*loss)]
-    return [list(row) for row in loss]
 
 
 def _nanmean(values: list) -> float | None:

@@ -1,0 +1,71 @@
+"""Each fix does what its doc says, survives a checkpoint round trip, and removes its finding."""
+import torch
+from torch import nn
+
+from modeldoctor import apply_fixes, build_subject, load_checkpoint, save_checkpoint
+from modeldoctor.checks.mean_collapse import MeanCollapse
+from modeldoctor.checks.query_coverage import QueryCoverage
+from modeldoctor.runner import run_check
+from modeldoctor.training import train
+
+SMALL = {"n_train_fields": 256, "n_eval_fields": 16, "steps": 30}
+
+
+def test_random_queries_removes_the_query_coverage_finding():
+    subject = build_subject("sparse-field", SMALL)
+    assert run_check(QueryCoverage(), subject).status == "fail"
+    patched = apply_fixes(subject, ["random-queries"])
+    result = run_check(QueryCoverage(), patched)
+    assert result.status == "pass", result.summary
+    assert result.metrics["coverage"] > 0.5
+    assert run_check(QueryCoverage(), subject).status == "fail", "the original subject must be untouched"
+
+
+def test_clamp_output_bounds_predictions_but_keeps_gradients():
+    torch.manual_seed(0)
+    subject = build_subject("sparse-field", SMALL)
+    with torch.no_grad():
+        subject.model.head.bias.fill_(5.0)  # every prediction far above the [0, 1] range
+    batch = next(iter(subject.eval_batches))
+    raw = subject.predict(subject.model, batch)[0]
+    assert raw.min() > 1.0
+    patched = apply_fixes(subject, ["clamp-output"])
+    clamped = patched.predict(patched.model, batch)[0]
+    assert clamped.min() >= 0.0 and clamped.max() <= 1.0
+    patched.loss(patched.model, batch).backward()
+    assert patched.model.head.bias.grad.abs().item() > 0, "straight-through: out-of-range outputs still get gradients"
+
+
+def test_clamp_output_improves_mean_collapse_psnr_without_retraining():
+    torch.manual_seed(0)
+    subject = build_subject("sparse-field", SMALL)
+    with torch.no_grad():
+        subject.model.head.bias.fill_(2.0)
+    before = run_check(MeanCollapse(), subject).metrics["psnr_db"]
+    after = run_check(MeanCollapse(), apply_fixes(subject, ["clamp-output"])).metrics["psnr_db"]
+    assert after > before + 3.0
+
+
+def test_learnable_fourier_turns_the_buffer_into_a_trained_parameter_with_the_same_key(tmp_path):
+    torch.manual_seed(0)
+    subject = build_subject("sparse-field", SMALL)
+    keys = set(subject.model.state_dict())
+    patched = apply_fixes(subject, ["learnable-fourier"])
+    assert isinstance(patched.model.fourier.B, nn.Parameter)
+    assert set(patched.model.state_dict()) == keys
+    initial = patched.model.fourier.B.detach().clone()
+    train(patched, 20)
+    assert not torch.equal(initial, patched.model.fourier.B.detach()), "the frequencies must move in training"
+    # A patched checkpoint replays the fix on load.
+    path = save_checkpoint(tmp_path / "patched.pt", patched)
+    loaded = load_checkpoint(path).subject
+    assert loaded.fixes_applied == ["learnable-fourier"]
+    assert isinstance(loaded.model.fourier.B, nn.Parameter)
+    assert torch.equal(loaded.model.fourier.B.detach(), patched.model.fourier.B.detach())
+
+
+def test_fixes_are_idempotent_and_recorded_in_order():
+    subject = build_subject("sparse-field", SMALL)
+    patched = apply_fixes(subject, ["random-queries", "clamp-output", "random-queries"])
+    assert patched.fixes_applied == ["random-queries", "clamp-output"]
+    assert subject.fixes_applied == []
