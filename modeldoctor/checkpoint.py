@@ -124,9 +124,15 @@ def _torch_load(path: Path, trust: bool) -> Any:
             ) from error
         if isinstance(error, EOFError) or path.stat().st_size == 0:
             raise InputError(f"{path} is empty or truncated: not a loadable checkpoint") from error
-        if zipfile.is_zipfile(path) or "zip archive" in message or "central directory" in message:
+        if _starts_like_zip(path) or "zip archive" in message or "central directory" in message:
             raise InputError(f"{path} is a corrupt or truncated PyTorch checkpoint: {_first_line(error)}") from error
         raise InputError(f"{path} is not a PyTorch checkpoint (unreadable or corrupt data)") from error
+
+
+def _starts_like_zip(path: Path) -> bool:
+    """A (possibly truncated) zip, i.e. a torch.save file: a cut-off one has no central directory for is_zipfile."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(path)
 
 
 def _first_line(error: Exception) -> str:
@@ -145,7 +151,12 @@ def _load_safetensors(path: Path) -> tuple[dict, dict]:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:
         raise InputError(f"{path} is not a valid .safetensors file: {_first_line(error)}") from error
-    meta = json.loads(metadata[META_KEY]) if META_KEY in metadata else {}
+    try:
+        meta = json.loads(metadata[META_KEY]) if META_KEY in metadata else {}
+    except ValueError as error:
+        raise InputError(f"{path}: the {META_KEY!r} header metadata is not valid JSON: {error}") from error
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: the {META_KEY!r} header metadata must be a JSON object")
     return meta, state
 
 
@@ -159,7 +170,9 @@ def _unwrap(raw: Any, path: Path) -> tuple[dict, dict, str]:
         return {}, raw.state_dict(), "pickled-module"
     if not isinstance(raw, dict):
         raise InputError(f"{path} holds a {type(raw).__name__}, not a state dict or a checkpoint dict")
-    if META_KEY in raw and isinstance(raw.get("state_dict"), dict):
+    if META_KEY in raw:
+        if not isinstance(raw[META_KEY], dict) or not _is_state_dict(raw.get("state_dict")):
+            raise InputError(f"{path}: malformed modeldoctor checkpoint (metadata must be a dict and state_dict hold tensors)")
         return dict(raw[META_KEY]), raw["state_dict"], "modeldoctor"
     for key in WRAPPER_KEYS:
         inner = raw.get(key)

@@ -64,7 +64,7 @@ def handled(debug: bool, threads: int = 1) -> Iterator[None]:
         if debug:
             raise
         err.print(f"modeldoctor: error: {error}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as error:
@@ -72,7 +72,7 @@ def handled(debug: bool, threads: int = 1) -> Iterator[None]:
             raise
         err.print(f"modeldoctor: internal error: {type(error).__name__}: {error} (re-run with --debug for the traceback)",
                   markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(3)
+        raise typer.Exit(3) from None
 
 
 def load(path: Path, subject: str | None, config: Path | None, plugins: list[str] | None, trust: bool):
@@ -376,6 +376,11 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except Exception as error:  # reaches here only with --debug: show the traceback, keep the documented exit code
+        import traceback
+
+        traceback.print_exc()
+        code = 2 if isinstance(error, InputError) else 3
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import stats
 
 
 def psnr_db(mse: float, data_range: float = 1.0) -> float:
@@ -63,6 +62,8 @@ def paired_interval(deltas: list[float], confidence: float = 0.95) -> tuple[floa
     mean = float(values.mean())
     if len(values) < 2:
         return (math.nan, math.nan)
+    from scipy import stats  # imported late: scipy.stats costs ~0.6 s at start-up
+
     sem = float(values.std(ddof=1)) / math.sqrt(len(values))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=len(values) - 1)) * sem
     return (mean - half, mean + half)

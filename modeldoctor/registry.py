@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import hashlib
 import sys
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +22,7 @@ SUBJECTS: dict[str, Callable[[dict], Any]] = {}
 CHECKS: dict[str, Any] = {}
 FIXES: dict[str, Any] = {}
 
+BROKEN_PLUGINS: dict[str, str] = {}  # entry-point name -> why it failed to load
 _GROUPS = {"modeldoctor.subjects": SUBJECTS, "modeldoctor.checks": CHECKS, "modeldoctor.fixes": FIXES}
 _BUILTINS = ("modeldoctor.checks", "modeldoctor.fixes", "modeldoctor.samples")
 _loaded = False
@@ -60,7 +63,9 @@ def load_plugins() -> None:
             try:
                 loaded = entry.load()
             except Exception as error:  # a broken third-party plugin must not break the tool
-                raise InputError(f"plugin entry point {entry.name!r} ({entry.value}) failed to load: {error}") from error
+                BROKEN_PLUGINS[entry.name] = f"{entry.value}: {type(error).__name__}: {error}"
+                warnings.warn(f"modeldoctor: plugin entry point {entry.name!r} ({entry.value}) failed to load: {error}", stacklevel=2)
+                continue
             if inspect.ismodule(loaded) or entry.name in table:
                 continue  # importing it registered it
             if group == "modeldoctor.subjects":
@@ -77,7 +82,8 @@ def load_plugin(spec: str) -> None:
         if spec.endswith(".py") or path.exists():
             if not path.is_file():
                 raise InputError(f"plugin file not found: {spec}")
-            name = f"modeldoctor_plugin_{path.stem}"
+            # The resolved path in the name keeps two plugin files with one file name apart.
+            name = f"modeldoctor_plugin_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module

@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from modeldoctor.casebook import case_readme, load_cases
 from modeldoctor.registry import CHECKS, get_check, load_plugins
@@ -22,7 +21,6 @@ def all_cases():
 
 @pytest.mark.parametrize(("slug", "build", "status"), list(all_cases()))
 def test_case_gets_expected_status(slug, build, status):
-    torch.set_num_threads(1)
     result = run_check(get_check(slug)(), build(), seed=0)
     assert result.status == status, result.summary
 

@@ -4,18 +4,13 @@ These train real (tiny) models: a few minutes in all on 2 cores.
 """
 import hashlib
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 
 import pytest
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "modeldoctor", *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd)
+cli = partial(run_cli, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -163,7 +163,7 @@ def doc_blocks(text: str | None) -> list[dict]:
     blocks: list[dict] = []
     current: dict | None = None
     lines = inspect.cleandoc(str(text)).splitlines()
-    for i, line in enumerate(lines):
+    for line in lines:
         stripped = line.strip()
         if current is None and blocks and blocks[-1]["type"] == "heading" \
                 and re.fullmatch(r"[-=~]{3,}", stripped):
