@@ -7,9 +7,12 @@ Schema `modeldoctor.bench/1`: see DESIGN.md; this adds "subject", "trivial" and 
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from . import __version__
 from .fix import apply_fixes
@@ -29,12 +32,19 @@ class Arm:
 
 
 def trivial_baseline(subject) -> dict | None:
-    """The task metric of the trivial predictor (the training-target mean), where defined."""
-    if subject.task.metric != "psnr_db":
-        return None
+    """The task metric of the trivial predictor, where defined.
+
+    psnr_db: predict the training-target mean; accuracy: predict the majority training class.
+    """
     _, target = collect_predictions(subject)
-    mean = target_mean(subject)
-    return {"name": "mean predictor", "value": psnr_db(mse(mean.expand_as(target), target), data_range(subject))}
+    if subject.task.metric == "psnr_db":
+        mean = target_mean(subject)
+        return {"name": "mean predictor", "value": psnr_db(mse(mean.expand_as(target), target), data_range(subject))}
+    if subject.task.metric == "accuracy":
+        _, train_target = collect_predictions(subject, batches=itertools.islice(subject.train_batches, 20))
+        majority = torch.mode(train_target).values
+        return {"name": "majority class", "value": float((target == majority).double().mean())}
+    return None
 
 
 def curve_points(losses: list[float], points: int = 100) -> tuple[list[int], list[float]]:

@@ -21,6 +21,11 @@ def mse(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return float(torch.mean((prediction.double() - target.double()) ** 2))
 
 
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows of logits (N, C) whose argmax equals the label (N,)."""
+    return float((logits.argmax(-1) == labels).double().mean()) if len(labels) else math.nan
+
+
 def variance_ratio(prediction: torch.Tensor, target: torch.Tensor) -> float:
     """Var(ŷ)/Var(y): ≪ 1 means the model regresses to the mean."""
     target_var = float(target.double().var())

@@ -23,13 +23,23 @@ class Task:
 
     kind: "regression", "classification", "tokens" or "retrieval".
     value_range: (low, high) of regression targets; PSNR uses high - low as its data range.
-    metric: the task metric that `bench` compares (e.g. "psnr_db", "accuracy").
+    metric: the task metric that `bench` compares ("psnr_db", "mse", "accuracy").
+    num_classes: classes or vocabulary size for classification and tokens.
+    ignore_index: target value that marks positions not to score (as in F.cross_entropy).
+
+    For classification and tokens, `predict` returns logits (..., C) and integer targets (...).
     """
 
     kind: str = "regression"
     value_range: tuple[float, float] | None = None
     metric: str = "psnr_db"
     higher_is_better: bool = True
+    num_classes: int | None = None
+    ignore_index: int = -100
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.kind in ("classification", "tokens")
 
 
 @dataclass
@@ -61,6 +71,21 @@ class QuerySpace:
     resample: Callable[[Batch, torch.Generator], Batch] | None = None
 
 
+@dataclass
+class MaskSpec:
+    """Capability of masked-prediction objectives (masked or future tokens).
+
+    masked(batch) -> (B, T) bool: positions hidden from the input that the model must predict.
+    targets(batch) -> (B, T) targets at every position; with_targets(batch, targets) -> batch.
+    per_position_loss(model, batch) -> (B, T) unreduced loss, so an objective can choose what counts.
+    """
+
+    masked: Callable[[Batch], torch.Tensor]
+    targets: Callable[[Batch], torch.Tensor]
+    with_targets: Callable[[Batch, torch.Tensor], Batch]
+    per_position_loss: Callable[[nn.Module, Batch], torch.Tensor]
+
+
 class MappedBatches:
     """A re-iterable view of `batches` with `fn(batch, generator)` applied to each batch.
 
@@ -84,8 +109,10 @@ class Subject:
     """A model together with its data, objective, task and training recipe.
 
     Required: model, train_batches, eval_batches, loss, predict, task, recipe.
-    Optional capabilities unlock checks: `queries` (query-coverage, random-queries); later
-    capabilities (codecs, modality groups, routers, attention modules) go in `capabilities`.
+    Optional capabilities unlock checks: `queries` (query-coverage, random-queries), `masking`
+    (loss-masking, masked-loss); others go in `capabilities`, e.g. "grid_shape" (H, W) of a
+    field, "param_groups" {group: [module prefixes]}, "fourier_buffers", "output_module",
+    "norm_blocks" (modules with a `norm_first` flag).
     `config` is what the factory was built from; it is saved in checkpoints.
     `output_module` is the module whose output is the prediction (default: the model itself).
     """
@@ -100,6 +127,7 @@ class Subject:
     recipe: Recipe = field(default_factory=Recipe)
     config: dict = field(default_factory=dict)
     queries: QuerySpace | None = None
+    masking: MaskSpec | None = None
     capabilities: dict[str, Any] = field(default_factory=dict)
     fixes_applied: list[str] = field(default_factory=list)
     description: str = ""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import BudgetExceeded
-from .numerics import mse, psnr_db
+from .numerics import accuracy, mse, psnr_db
 from .subject import Batch, Recipe, Subject
 
 
@@ -70,6 +70,24 @@ class TrainLog:
     seconds: float = 0.0
 
 
+class TrainMonitor:
+    """Watches a training run; `train` calls it between backward and step, and after the step.
+
+    Subclasses override what they need. `after_backward` returning False skips that optimizer
+    step (e.g. after a non-finite gradient); raising StopTraining ends the run early.
+    """
+
+    def after_backward(self, step: int, loss: torch.Tensor, model: nn.Module) -> bool:
+        return True
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+
+class StopTraining(Exception):
+    """Raised by a TrainMonitor to end a run early (the log so far is kept)."""
+
+
 def train(
     subject: Subject,
     steps: int | None = None,
@@ -77,12 +95,16 @@ def train(
     model: nn.Module | None = None,
     batches: Iterable[Batch] | None = None,
     lr: float | None = None,
+    lr_at: Callable[[int], float] | None = None,
     deadline: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    monitor: TrainMonitor | None = None,
 ) -> TrainLog:
     """Train `model` (default: subject.model, in place) with the subject's loss and recipe.
 
     batches: defaults to the subject's training batches; pass `[batch]` to overfit one batch.
+    lr: peak learning rate instead of the recipe's; lr_at(step): absolute LR per step instead of
+        the recipe's schedule (the LR range test uses it).
     deadline: a `time.monotonic()` value; past it the loop raises BudgetExceeded.
     """
     model = subject.model if model is None else model
@@ -92,22 +114,28 @@ def train(
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     log, start = TrainLog(), time.monotonic()
     model.train()
-    for step, batch in zip(range(steps), cycle(subject.train_batches if batches is None else batches)):
-        if deadline is not None and time.monotonic() > deadline:
-            raise BudgetExceeded(f"stopped after {step} of {steps} training steps")
-        factor = lr_factor(recipe, step, steps)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
-        loss = subject.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
-        log.losses.append(float(loss.detach()))
-        log.lrs.append(base_lrs[0] * factor)
-        if on_step is not None:
-            on_step(step, log.losses[-1])
+    try:
+        for step, batch in zip(range(steps), cycle(subject.train_batches if batches is None else batches)):
+            if deadline is not None and time.monotonic() > deadline:
+                raise BudgetExceeded(f"stopped after {step} of {steps} training steps")
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr_at(step) if lr_at else base * lr_factor(recipe, step, steps)
+            loss = subject.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            proceed = monitor is None or monitor.after_backward(step, loss, model)  # sees the raw gradients
+            if recipe.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            if proceed:
+                optimizer.step()
+            if monitor is not None:
+                monitor.after_step(step, model, optimizer)
+            log.losses.append(float(loss.detach()))
+            log.lrs.append(optimizer.param_groups[0]["lr"])
+            if on_step is not None:
+                on_step(step, log.losses[-1])
+    except StopTraining:
+        pass
     log.seconds = time.monotonic() - start
     return log
 
@@ -116,16 +144,27 @@ def train(
 def collect_predictions(
     subject: Subject, batches: Iterable[Batch] | None = None, model: nn.Module | None = None, max_batches: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated (prediction, target) over the evaluation batches (or `batches`), model in eval mode."""
+    """Concatenated (prediction, target) over the evaluation batches (or `batches`), model in eval mode.
+
+    Regression: both flattened to (N,). Classification and tokens: logits (N, C) and targets (N,),
+    without the positions whose target is `task.ignore_index`.
+    """
     model = subject.model if model is None else model
+    categorical, ignore = subject.task.is_categorical, subject.task.ignore_index
     was_training = model.training
     model.eval()
     predictions, targets = [], []
     try:
         for batch in itertools.islice(subject.eval_batches if batches is None else batches, max_batches):
             prediction, target = subject.predict(model, batch)
-            predictions.append(prediction.detach().float().reshape(-1))
-            targets.append(target.detach().float().reshape(-1))
+            if categorical:
+                logits, labels = prediction.detach().float().reshape(-1, prediction.shape[-1]), target.reshape(-1)
+                keep = labels != ignore
+                predictions.append(logits[keep])
+                targets.append(labels[keep])
+            else:
+                predictions.append(prediction.detach().float().reshape(-1))
+                targets.append(target.detach().float().reshape(-1))
     finally:
         model.train(was_training)
     return torch.cat(predictions), torch.cat(targets)
@@ -144,6 +183,8 @@ def evaluate(subject: Subject, model: nn.Module | None = None) -> float:
         return psnr_db(mse(prediction, target), data_range(subject))
     if metric == "mse":
         return mse(prediction, target)
+    if metric == "accuracy":
+        return accuracy(prediction, target)
     raise ValueError(f"unknown task metric {metric!r}")
 
 
