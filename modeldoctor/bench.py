@@ -8,7 +8,9 @@ Schema `modeldoctor.bench/1`: see DESIGN.md; this adds "subject", "trivial" and 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +19,7 @@ import torch
 from . import __version__
 from .fix import apply_fixes
 from .numerics import mse, paired_interval, psnr_db
-from .registry import build_subject
+from .registry import build_subject, load_plugin
 from .results import clean
 from .training import collect_predictions, data_range, evaluate, seed_everything, target_mean, train
 
@@ -47,11 +49,59 @@ def trivial_baseline(subject) -> dict | None:
     return None
 
 
+def run_all(runs: list[Run], progress: BenchProgress | None, names: list[str], jobs: int) -> list[tuple[float, list[float]]]:
+    """Outcomes of `runs`, in order: in this process (step-level progress) or in `jobs` workers."""
+    if jobs <= 1:
+        outcomes = []
+        for run, name in zip(runs, names):
+            def on_step(step, _loss, name=name, run=run):
+                if progress:
+                    progress(name, run.seed, step + 1, run.steps)
+            outcomes.append(train_and_evaluate(run, on_step))
+        return outcomes
+    # spawn, not fork: forking a process that already ran OpenMP code can deadlock.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, run, 1) for run in runs]
+        for future in as_completed(futures):
+            run = runs[futures.index(future)]
+            if progress:
+                progress(names[futures.index(future)], run.seed, run.steps, run.steps)
+        return [future.result() for future in futures]
+
+
 def curve_points(losses: list[float], points: int = 100) -> tuple[list[int], list[float]]:
     """Subsample a loss curve to about `points` window means, for plotting."""
     stride = max(1, len(losses) // points)
     steps = list(range(0, len(losses), stride))
     return steps, [statistics.fmean(losses[s : s + stride]) for s in steps]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the bench: everything a worker process needs to repeat it."""
+
+    subject_name: str
+    config: dict
+    fixes: tuple[str, ...]
+    seed: int
+    steps: int | None
+    plugins: tuple[str, ...] = ()
+
+
+def train_and_evaluate(run: Run, on_step: Callable[[int, float], None] | None = None) -> tuple[float, list[float]]:
+    """Fresh initialisation under `run.seed`, the fixes, training, then the task metric. Returns (value, losses)."""
+    seed_everything(run.seed)
+    subject = apply_fixes(build_subject(run.subject_name, run.config), list(run.fixes), copy=False)
+    log = train(subject, run.steps, on_step=on_step)
+    return evaluate(subject), log.losses
+
+
+def _worker(run: Run, threads: int) -> tuple[float, list[float]]:
+    """Entry point of a worker process: import the plugins the subject may need, then run."""
+    torch.set_num_threads(threads)
+    for plugin in run.plugins:
+        load_plugin(plugin)
+    return train_and_evaluate(run)
 
 
 def run_bench(
@@ -64,32 +114,31 @@ def run_bench(
     steps: int | None = None,
     progress: BenchProgress | None = None,
     subject_data: dict | None = None,
+    jobs: int = 1,
+    plugins: list[str] | None = None,
 ) -> dict:
-    """Train every arm once per seed and return the `modeldoctor.bench/1` dict."""
+    """Train every arm once per seed and return the `modeldoctor.bench/1` dict.
+
+    jobs > 1 trains runs in that many worker processes (one torch thread each). The workers
+    rebuild the subject from its registered name, so it must be built in, installed through an
+    entry point, or loaded from `plugins` (files or modules, as --plugin takes them).
+    """
     base_fixes = list(base_fixes or [])
-    results, curves, trivial, metric, higher, total = [], {}, None, None, True, steps
-    for arm in arms:
-        values, losses = [], []
-        for seed in seeds:
-            seed_everything(seed)
-            subject = apply_fixes(build_subject(subject_name, config), base_fixes + arm.fixes, copy=False)
-            metric, higher = subject.task.metric, subject.task.higher_is_better
-            total = subject.recipe.steps if steps is None else steps
-            on_step = None
-            if progress:
-                def on_step(step, _loss, arm=arm.name, seed=seed, total=total):
-                    progress(arm, seed, step + 1, total)
-            log = train(subject, total, on_step=on_step)
-            values.append(evaluate(subject))
-            losses.append(log.losses)
-            if trivial is None:
-                trivial = trivial_baseline(subject)
+    probe = apply_fixes(build_subject(subject_name, config), base_fixes, copy=False)
+    total = probe.recipe.steps if steps is None else steps
+    runs = [Run(subject_name, config, tuple(base_fixes + arm.fixes), seed, total, tuple(plugins or []))
+            for arm in arms for seed in seeds]
+    outcomes = run_all(runs, progress, [arm.name for arm in arms for _ in seeds], jobs)
+    results, curves = [], {}
+    for index, arm in enumerate(arms):
+        values, losses = zip(*outcomes[index * len(seeds) : (index + 1) * len(seeds)])
         x, _ = curve_points(losses[0])
         curves[arm.name] = {"steps": x, "loss": [curve_points(run)[1] for run in losses]}
         results.append({
-            "name": arm.name, "fixes": arm.fixes, "values": values,
+            "name": arm.name, "fixes": arm.fixes, "values": list(values),
             "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         })
+    metric, higher, trivial = probe.task.metric, probe.task.higher_is_better, trivial_baseline(probe)
     baseline = results[0]
     comparisons = []
     for arm in results[1:]:

@@ -64,6 +64,10 @@ class Check:
         """Fixes to list with the finding; by default all of `fixes` when the check does not pass."""
         return list(self.fixes) if status in ("fail", "warn") else []
 
+    def advice(self, status: str, evidence: Evidence) -> list[str]:
+        """Extra lines for the finding (what a failure implies, what to look at); none by default."""
+        return []
+
     @classmethod
     def doc(cls) -> str:
         return inspect.cleandoc(cls.__doc__ or "")

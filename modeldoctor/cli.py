@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -46,6 +47,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="JSON or TOM
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled Python code in the checkpoint. It RUNS that code: only for files you trust.")]
 Threads = Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads. Tiny models run fastest on one (no OpenMP spin-waiting).")]
 Seed = Annotated[int, typer.Option("--seed", help="Base random seed (results are reproducible for a given seed).")]
+Jobs = Annotated[int, typer.Option("--jobs", min=0, help="Training runs in parallel, each in its own process with one thread; 0: one per CPU core.")]
 
 
 class Failure(Exception):
@@ -221,6 +223,7 @@ def bench(
     config: ConfigOpt = None,
     plugin: Plugins = None,
     trust_checkpoint: Trust = False,
+    jobs: Jobs = 0,
     threads: Threads = 1,
     debug: Debug = False,
 ) -> None:
@@ -235,13 +238,14 @@ def bench(
         arm_fixes = [parse_fix_list(text) for text in fix]
         if not any(arm_fixes):
             raise InputError("--fix needs at least one fix name")
-        result = run_bench_with_progress(loaded, arm_fixes, steps, list(range(seeds)))
+        result = run_bench_with_progress(loaded, arm_fixes, steps, list(range(seeds)), jobs, plugin)
         if str(json_path) != "-":
             print_bench(result, out)
         write_outputs(json_path, html_path, None, result)
 
 
-def run_bench_with_progress(loaded, arm_fixes: list[list[str]], steps: int | None, seeds: list[int]) -> dict:
+def run_bench_with_progress(loaded, arm_fixes: list[list[str]], steps: int | None, seeds: list[int],
+                            jobs: int = 0, plugins: list[str] | None = None) -> dict:
     from .bench import Arm, run_bench
     from .runner import subject_info
 
@@ -259,7 +263,9 @@ def run_bench_with_progress(loaded, arm_fixes: list[list[str]], steps: int | Non
             finished_runs += step == total
 
         return run_bench(subject.name, subject.config, arms, base_fixes=subject.fixes_applied, seeds=seeds, steps=steps,
-                         progress=on_progress, subject_data=subject_info(subject, loaded.path, loaded.sha256))
+                         progress=on_progress, subject_data=subject_info(subject, loaded.path, loaded.sha256),
+                         jobs=jobs or min(os.cpu_count() or 1, len(arms) * len(seeds)),
+                         plugins=[str(Path(p).resolve()) if Path(p).exists() else p for p in plugins or []])
 
 
 @app.command()
@@ -299,6 +305,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the checkpoint and reports.")] = Path("reports"),
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per bench arm.")] = 3,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps (default: the sample's recipe).")] = None,
+    jobs: Jobs = 0,
     threads: Threads = 1,
     debug: Debug = False,
 ) -> None:
@@ -320,7 +327,7 @@ def demo(
         bench_result = None
         if prescribed:
             out.rule(f"[bold]3/3[/] bench: baseline vs {', '.join(prescribed)} ({seeds} seeds)")
-            bench_result = run_bench_with_progress(loaded, [prescribed], steps, list(range(seeds)))
+            bench_result = run_bench_with_progress(loaded, [prescribed], steps, list(range(seeds)), jobs)
             print_bench(bench_result, out)
         write_outputs(out_dir / f"{name}-report.json", out_dir / f"{name}-report.html", report, bench_result)
         out.print(f"Done in {time.monotonic() - started:.0f}s. Open [bold]{out_dir / f'{name}-report.html'}[/] in a browser.", highlight=False)

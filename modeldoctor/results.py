@@ -13,6 +13,7 @@ Figures are data, not pictures: the HTML renderer draws them. Kinds and their fi
 - bar: labels, values, ylabel, hlines
 - images: images [{label, pixels (2-D list)}], vmin, vmax, cmap
 - heatmap: matrix (2-D list), xlabel, ylabel, colorbar label
+- table: columns [str], rows [[cell, ...]] (drawn by the HTML renderer as an escaped <table>, not SVG)
 """
 from __future__ import annotations
 

@@ -55,6 +55,7 @@ def run_check(
         evidence = check.measure(subject.copy(), ctx)
         status, summary = check.judge(evidence)
         fixes = [name for name in check.prescribed_fixes(status, evidence) if fix_applies(name, subject)]
+        notes = list(evidence.notes) + check.advice(status, evidence)
     except BudgetExceeded as error:
         return CheckResult(
             status="error", summary=f"exceeded its time budget of {budget_s:g}s: {error}",
@@ -68,7 +69,7 @@ def run_check(
     return CheckResult(
         status=status, summary=summary, metrics=evidence.metrics, fixes=fixes,
         duration_s=time.monotonic() - start, figures=[f.to_dict() for f in evidence.figures],
-        notes=list(evidence.notes), **base,
+        notes=notes, **base,
     )
 
 

@@ -44,3 +44,23 @@ def run_cli(*args, cwd: str | Path | None = None, timeout: float = 120) -> subpr
         [sys.executable, "-m", "modeldoctor", *map(str, args)],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout,
     )
+
+
+# --- trained sample patients (the test_patient_*.py files) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_sample(tmp_path_factory):
+    """trained_sample(name, variant) -> Path of a checkpoint trained once per session via the CLI."""
+    folder = tmp_path_factory.mktemp("samples")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, variant: str) -> Path:
+        if (name, variant) not in cache:
+            path = folder / f"{name}-{variant}.pt"
+            done = run_cli("sample", name, "--out", path, *(["--healthy"] if variant == "healthy" else []), timeout=600)
+            assert done.returncode == 0, done.stderr
+            cache[name, variant] = path
+        return cache[name, variant]
+
+    return get

@@ -69,3 +69,44 @@ def test_fixes_are_idempotent_and_recorded_in_order():
     patched = apply_fixes(subject, ["random-queries", "clamp-output", "random-queries"])
     assert patched.fixes_applied == ["random-queries", "clamp-output"]
     assert subject.fixes_applied == []
+
+
+TOKENS_SMALL = {"n_train_videos": 64, "n_eval_videos": 16, "steps": 20}
+
+
+def test_masked_loss_removes_the_loss_masking_finding():
+    from modeldoctor.checks.loss_masking import LossMasking
+
+    subject = build_subject("moving-tokens", TOKENS_SMALL)
+    assert run_check(LossMasking(), subject).status == "fail"
+    result = run_check(LossMasking(), apply_fixes(subject, ["masked-loss"]))
+    assert result.status == "pass", result.summary
+    assert result.metrics["loss_change_visible"] == 0.0 and result.metrics["loss_change_masked"] > 0
+
+
+def test_pre_ln_switches_norm_first_adds_a_final_norm_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    subject = build_subject("moving-tokens", TOKENS_SMALL)
+    layers = [m for m in subject.model.modules() if isinstance(m, nn.TransformerEncoderLayer)]
+    assert layers and not any(layer.norm_first for layer in layers)
+    patched = apply_fixes(subject, ["pre-ln"])
+    assert all(m.norm_first for m in patched.model.modules() if isinstance(m, nn.TransformerEncoderLayer))
+    assert isinstance(patched.model.encoder.norm, nn.LayerNorm)
+    batch = next(iter(patched.eval_batches))
+    assert not torch.allclose(subject.model(batch["input"]), patched.model(batch["input"])), "the function changed"
+    train(patched, 5)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "pre_ln.pt", patched)).subject
+    assert loaded.model.encoder.layers[0].norm_first
+    assert torch.allclose(loaded.model(batch["input"]), patched.model(batch["input"]))
+    from modeldoctor.registry import get_fix
+
+    assert "already pre-LN" in get_fix("pre-ln")().applicable(patched)
+
+
+def test_pre_ln_is_not_applicable_without_transformer_blocks():
+    from modeldoctor import regression_subject
+    from modeldoctor.registry import get_fix
+
+    x = torch.rand(8, 1)
+    subject = regression_subject("mlp", nn.Linear(1, 1), (x, x), (x, x))
+    assert "norm_first" in get_fix("pre-ln")().applicable(subject)

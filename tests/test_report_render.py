@@ -240,3 +240,17 @@ def test_terminal_minimal_report() -> None:
     print_report({"results": []}, console)
     print_bench({"arms": []}, console)
     assert "no checks ran" in console.export_text()
+
+
+def test_table_figure_renders_as_an_escaped_html_table() -> None:
+    report = sample_report()
+    report["results"][0]["figures"].append(
+        {"kind": "table", "title": f"ranked {XSS}", "columns": ["module", f"norm {XSS}"],
+         "rows": [[f"enc.{XSS}", 1.234567], ["head", None], "not a row"]})
+    page = render_html(report)
+    table = page[page.index("<table><caption>ranked"):]
+    table = table[: table.index("</table>")]
+    assert "<script>" not in table and "&lt;script&gt;" in table
+    assert "<th>module</th>" in table and '<td class="num">1.235</td>' in table
+    assert "<td>—</td>" in table and table.count("<tr>") == 3  # header + two rows
+    assert "figure kind 'table' cannot be drawn" not in page

@@ -58,3 +58,40 @@ def case_detached_body():
 def case_mlp_on_sine():
     torch.manual_seed(0)
     return subject(mlp())
+
+
+class Blind(nn.Module):
+    """Data bug: the input is zeroed before the network, so every example gets the same logits."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x * 0)
+
+
+def classifier_subject(model: nn.Module, classes: int = 4):
+    from modeldoctor import Subject, Task, TensorBatches
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 8, generator=generator)  # (N, 8) features
+    y = torch.randint(0, classes, (128,), generator=generator)  # (N,) arbitrary labels: memorisable, not learnable
+    return Subject(
+        name="random-labels", model=model,
+        train_batches=TensorBatches(x, y, 16), eval_batches=TensorBatches(x, y, 16, shuffle=False),
+        loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+        predict=lambda m, b: (m(b[0]), b[1]),
+        task=Task(kind="classification", metric="accuracy", num_classes=classes),
+        recipe=Recipe(lr=1e-2, steps=300),
+    )
+
+
+def case_classifier_memorises_random_labels():
+    torch.manual_seed(0)
+    return classifier_subject(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4)))
+
+
+def case_blind_classifier():
+    torch.manual_seed(0)
+    return classifier_subject(Blind(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..check import Check, CheckContext
-from ..numerics import mse, psnr_db
+from ..numerics import accuracy, mse, psnr_db
 from ..registry import register_check
 from ..results import Evidence, Figure
 from ..subject import Subject
@@ -20,6 +20,15 @@ def disable_dropout(model: nn.Module) -> None:
             module.dropout = 0.0
 
 
+ADVICE = [
+    "Objective: is the loss computed on the right tensors, with the right sign and reduction, on the positions that matter?",
+    "Data: do labels line up with inputs (shuffle both together; view vs permute; off-by-one shifts)?",
+    "Graph: is anything detached (.detach(), .item(), torch.no_grad, in-place ops) or missing from the optimizer?",
+    "Capacity: can the output reach the targets (activation range, quantizer, narrow bottleneck)? Try a bigger model.",
+    "Learning rate: far too low or high? Run the lr-range check.",
+]
+
+
 @register_check
 class OverfitBatch(Check):
     """Single-batch overfit: can a copy of the model memorise one fixed training batch?
@@ -27,8 +36,10 @@ class OverfitBatch(Check):
     What it checks
     Trains a copy of the model on the first training batch, frozen (same examples, same queries
     and masks every step, dropout off), with the subject's own loss, optimizer and learning rate,
-    and measures how far the loss falls. For regression with a known value range it also measures
-    the PSNR reached on that batch.
+    and measures how far the loss falls. By task kind it also measures:
+    - regression with a known value range: the PSNR reached on that batch;
+    - classification and tokens: the accuracy on that batch;
+    - anything else (retrieval, unbounded regression): the loss drop alone.
 
     Why it matters
     Karpathy's recipe (2019): a model that cannot drive one batch to near-zero loss has a bug in
@@ -38,8 +49,8 @@ class OverfitBatch(Check):
     generalisation or at a train/eval mismatch instead.
 
     Evidence
-    The loss curve (log scale), initial and final loss, the fractional loss drop and, for
-    regression, the PSNR on the memorised batch.
+    The loss curve (log scale), initial and final loss, the fractional loss drop and, by task,
+    the PSNR or the accuracy on the memorised batch. A failure lists what to look at.
 
     Fixes
     None automatic: a failure points at a bug class (see above). Check the loss, the labels and
@@ -50,6 +61,8 @@ class OverfitBatch(Check):
     lr (None): learning rate; None uses the subject's recipe.
     pass_loss_drop (0.95), warn_loss_drop (0.80): fraction the loss must fall (HF mixin: 95%).
     pass_psnr_db (35), warn_psnr_db (25): PSNR thresholds for regression in a known range.
+    pass_accuracy (1.0), warn_accuracy (0.9): batch accuracy for classification and tokens;
+        a loss drop of at least pass_loss_drop also passes.
     """
 
     slug = "overfit-batch"
@@ -57,7 +70,10 @@ class OverfitBatch(Check):
     severity = "error"
     title = "Single-batch overfit"
     fixes = ()
-    default_options = {"steps": 300, "lr": None, "pass_loss_drop": 0.95, "warn_loss_drop": 0.80, "pass_psnr_db": 35.0, "warn_psnr_db": 25.0}
+    default_options = {
+        "steps": 300, "lr": None, "pass_loss_drop": 0.95, "warn_loss_drop": 0.80,
+        "pass_psnr_db": 35.0, "warn_psnr_db": 25.0, "pass_accuracy": 1.0, "warn_accuracy": 0.9,
+    }
 
     def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
         batch = next(iter(subject.train_batches))  # frozen: the same object every step
@@ -70,10 +86,13 @@ class OverfitBatch(Check):
             "loss_drop": 1.0 - final / initial if initial > 0 else 0.0,
             "steps": len(log.losses),
         }
-        regression = subject.task.kind == "regression" and subject.task.value_range is not None
-        if regression:
+        task = subject.task
+        if (task.kind == "regression" and task.value_range is not None) or task.is_categorical:
             prediction, target = collect_predictions(subject, batches=[batch])
-            metrics["psnr_db"] = psnr_db(mse(prediction, target), data_range(subject))
+            if task.is_categorical:
+                metrics["accuracy"] = accuracy(prediction, target)
+            else:
+                metrics["psnr_db"] = psnr_db(mse(prediction, target), data_range(subject))
         curve = Figure("line", "Loss on the frozen batch", {
             "series": [{"name": "loss", "x": list(range(len(log.losses))), "y": log.losses}],
             "xlabel": "step", "ylabel": "loss", "logy": min(log.losses) > 0,
@@ -84,13 +103,21 @@ class OverfitBatch(Check):
         m, o = evidence.metrics, self.options
         if m["final_loss"] != m["final_loss"]:  # NaN
             return "fail", "loss became NaN while overfitting one batch: look for log/div of bad values or a too-high LR"
+        drop = m["loss_drop"]
+        by_drop = "pass" if drop >= o["pass_loss_drop"] else "warn" if drop >= o["warn_loss_drop"] else "fail"
+        said = f"loss fell {drop:.1%} on one batch in {m['steps']} steps"
         if "psnr_db" in m:
             status = "pass" if m["psnr_db"] >= o["pass_psnr_db"] else "warn" if m["psnr_db"] >= o["warn_psnr_db"] else "fail"
-            said = f"reached {m['psnr_db']:.1f} dB on one batch in {m['steps']} steps (loss fell {m['loss_drop']:.1%})"
+            said = f"reached {m['psnr_db']:.1f} dB on one batch in {m['steps']} steps (loss fell {drop:.1%})"
+        elif "accuracy" in m:
+            by_accuracy = "pass" if m["accuracy"] >= o["pass_accuracy"] else "warn" if m["accuracy"] >= o["warn_accuracy"] else "fail"
+            status = min(by_accuracy, by_drop, key=["pass", "warn", "fail"].index)
+            said = f"reached {m['accuracy']:.1%} accuracy on one batch in {m['steps']} steps (loss fell {drop:.1%})"
         else:
-            drop = m["loss_drop"]
-            status = "pass" if drop >= o["pass_loss_drop"] else "warn" if drop >= o["warn_loss_drop"] else "fail"
-            said = f"loss fell {drop:.1%} on one batch in {m['steps']} steps"
+            status = by_drop
         if status == "pass":
             return status, f"can memorise a batch: {said}"
-        return status, f"cannot memorise one batch: {said}; suspect the loss, labels, a detached graph or capacity"
+        return status, f"cannot memorise one batch: {said}; this points at a capacity, objective or data bug"
+
+    def advice(self, status: str, evidence: Evidence) -> list[str]:
+        return ADVICE if status in ("warn", "fail") else []

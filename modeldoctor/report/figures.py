@@ -6,8 +6,9 @@ a fixed `svg.hashsalt` so the same figure always gives the same bytes, and text 
 paths so the page renders identically offline. Text from the data is always plain text:
 `$` is escaped so mathtext never interprets user strings.
 
-Kinds: `line`, `bar`, `images`, `heatmap`. Anything else, or data that cannot be drawn,
-gives a small SVG that says so; `figure_svg` never raises.
+Kinds: `line` (with `logy`, `logx`, `hlines` and `vlines` [{x, label}]), `bar`, `images`,
+`heatmap`. Anything else, or data that cannot be drawn, gives a small SVG that says so;
+`figure_svg` never raises.
 """
 from __future__ import annotations
 
@@ -113,6 +114,20 @@ def _hlines(ax: Axes, hlines: list[dict] | None) -> bool:
     return labelled
 
 
+def _vlines(ax: Axes, vlines: list[dict] | None, logx: bool = False) -> bool:
+    """Dotted vertical reference lines (e.g. marked learning rates); returns whether any carried a label."""
+    labelled = False
+    for i, line in enumerate(vlines or []):
+        x = _floats([line.get("x")])[0]
+        if not math.isfinite(x) or (logx and x <= 0):
+            continue
+        label = line.get("label")
+        ax.axvline(x, color=_PALETTE[(i + 1) % len(_PALETTE)], linestyle=":", linewidth=1.3,
+                   label=plain(label, 40) if label else None, zorder=1)
+        labelled = labelled or bool(label)
+    return labelled
+
+
 def _labels(ax: Axes, figure: dict) -> None:
     if figure.get("xlabel"):
         ax.set_xlabel(plain(figure["xlabel"], 70))
@@ -122,7 +137,7 @@ def _labels(ax: Axes, figure: dict) -> None:
 
 def _draw_line(fig: Figure, figure: dict) -> None:
     ax = fig.add_subplot()
-    logy = bool(figure.get("logy"))
+    logy, logx = bool(figure.get("logy")), bool(figure.get("logx"))
     named = False
     for i, series in enumerate(figure.get("series") or []):
         y = _floats(series.get("y"))
@@ -131,6 +146,8 @@ def _draw_line(fig: Figure, figure: dict) -> None:
         x, y = x[:n], y[:n]
         if logy:
             y = np.where(y > 0, y, np.nan)
+        if logx:
+            x = np.where(x > 0, x, np.nan)
         keep = np.isfinite(x)
         marker = "o" if np.count_nonzero(np.isfinite(y)) <= 30 else None
         ax.plot(x[keep], y[keep], color=_PALETTE[i % len(_PALETTE)], marker=marker, markersize=3,
@@ -138,7 +155,10 @@ def _draw_line(fig: Figure, figure: dict) -> None:
         named = named or bool(series.get("name"))
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
     labelled = _hlines(ax, figure.get("hlines"))
+    labelled = _vlines(ax, figure.get("vlines"), logx) or labelled
     _labels(ax, figure)
     if named or labelled:
         ax.legend(frameon=False)

@@ -2,7 +2,8 @@
 
 The page has no external references: CSS is inline, figures are inline SVG drawn by
 `figures.figure_svg`. Every string from the data goes through Jinja2's autoescaping; only
-SVG markup produced by matplotlib (or our own escaped placeholder) is marked safe.
+SVG markup produced by matplotlib (or our own escaped placeholder) and `table` figures built here
+with every cell escaped are marked safe.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import re
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from ..results import counts as count_statuses
 from ..check import DOC_HEADINGS as CHECK_HEADINGS
@@ -28,6 +29,7 @@ KNOWN_STATUSES = ("pass", "warn", "fail", "skip", "error")
 # The fixed headings of check and fix docstrings, plus a few general ones.
 DOC_HEADINGS = frozenset({*CHECK_HEADINGS, *FIX_HEADINGS, "Notes", "Example", "Examples", "References"})
 SHA_SHORT = 12
+NUM_CLASS = ' class="num"'
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,7 +111,7 @@ def _check_view(result: dict, docs: dict[str, str]) -> dict:
         "summary": result.get("summary") or "",
         "duration": _duration(result.get("duration_s")),
         "metrics": [(str(k), format_metric(v)) for k, v in (result.get("metrics") or {}).items()],
-        "figures": [_safe_svg(f) for f in result.get("figures") or []],
+        "figures": [_figure_html(f) for f in result.get("figures") or []],
         "notes": [str(n) for n in result.get("notes") or []],
         "error": result.get("error") if result.get("status") == "error" else None,
         "options": _pretty_json(result["options"]) if result.get("options") else None,
@@ -137,6 +139,24 @@ def _duration(seconds: Any) -> str:
 def _safe_svg(figure: dict) -> Markup:
     """SVG from matplotlib (or our own escaped placeholder): the one thing marked safe."""
     return Markup(figure_svg(figure))
+
+
+def _figure_html(figure: Any) -> Markup:
+    """A `table` figure as an HTML table (every cell escaped); any other kind as SVG."""
+    if not (isinstance(figure, dict) and figure.get("kind") == "table"):
+        return _safe_svg(figure)
+
+    def cell(value: Any) -> str:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return f"<td{NUM_CLASS if number else ''}>{escape(format_number(value))}</td>"
+
+    title = figure.get("title")
+    caption = f"<caption>{escape(str(title))}</caption>" if title else ""
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in figure.get("columns") or [])
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>"
+                   for row in figure.get("rows") or [] if isinstance(row, (list, tuple)))
+    return Markup(f'<div class="table-wrap"><table>{caption}'
+                  f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def format_metric(value: Any) -> str:

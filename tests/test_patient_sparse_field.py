@@ -1,4 +1,4 @@
-"""The sparse-field patient end to end through the real CLI, as a new user would run it.
+"""The sparse-field patient (seed 003) end to end through the real CLI, as a new user would run it.
 
 These train real (tiny) models: a few minutes in all on 2 cores.
 """
@@ -14,13 +14,8 @@ cli = partial(run_cli, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("samples")
-    paths = {"failing": folder / "failing.pt", "healthy": folder / "healthy.pt"}
-    for variant, path in paths.items():
-        done = cli("sample", "sparse-field", "--out", path, *(["--healthy"] if variant == "healthy" else []))
-        assert done.returncode == 0, done.stderr
-    return paths
+def samples(trained_sample):
+    return {variant: trained_sample("sparse-field", variant) for variant in ("failing", "healthy")}
 
 
 def by_check(report):

@@ -1,0 +1,173 @@
+"""grad-norms: trace gradient norms and update ratios over a few training steps of the subject's recipe."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..check import Check, CheckContext
+from ..gradtrace import GradTrace, GradTracer, RecordingBatches, group_summary, locate_nonfinite, summarize
+from ..registry import register_check
+from ..results import Evidence, Figure
+from ..subject import Subject
+from ..training import train
+
+
+@register_check
+class GradNorms(Check):
+    """Gradient-norm tracing: exploding, vanishing, non-finite and dead gradients, and update sizes.
+
+    What it checks
+    Trains a copy for a few steps with the subject's own loss and recipe and records, every step,
+    the raw gradient norm (before clipping) of every trainable parameter, summed per module and
+    per declared parameter group, the global norm, the loss, and the actual update ratio
+    ‖w_after − w_before‖/‖w_before‖ of every ≥2-D weight. It fails on a NaN/Inf in the loss or a
+    gradient (naming the first module where it appears, found by re-running that step with
+    hooks); on exploding gradients (median global norm above a threshold, a steady rise, or
+    AUTOTRAINER's first/last-layer rate r > 70); on vanishing gradients (r < 1e-3 and first-layer
+    norm < 1e-4 while the loss is not falling); on parameters that never receive a nonzero gradient;
+    on a declared group that is frozen or starved; and on update ratios far from ~1e-3.
+
+    Why it matters
+    A model can train without errors while most of it never learns: a tower behind `.detach()`,
+    a deep sigmoid stack whose first layers get 1e-10 of the gradient, or a post-LN transformer
+    whose gradients blow up without warmup. The seeds' advice "check gradient flow, print max
+    gradient norms" is this check; the thresholds are AUTOTRAINER's (Zhang et al., ICSE 2021),
+    gated on a stalled loss as it does, and CS231n's update:weight ≈ 1e-3 (measured as the
+    actual Δw, which is what matters for Adam).
+
+    Evidence
+    A modules × steps heatmap of log10 gradient norm, the global norm and the loss per step, and a
+    table of modules ranked by median gradient norm (with their update ratios). Metrics: global
+    norm median/max and growth, first/last-layer rate r, loss drop, median update ratio, dead
+    parameters and modules, where a non-finite value first appears, and per-group norms.
+
+    Fixes
+    grad-clip, warmup-cosine and pre-ln (post-LN transformers) for exploding or non-finite
+    gradients; warmup-cosine alone for oversized updates. The norms are measured before clipping,
+    so grad-clip shows in the update ratios and the loss, not in the norms. Vanishing gradients
+    need ReLU/residuals/normalisation or a better init; dead parameters and starved groups need
+    the graph wired up (remove the `.detach()`, unfreeze, add them to the optimizer).
+
+    Options
+    steps (30): training steps traced.
+    max_global_norm (10): fail when the median global gradient norm exceeds this.
+    growth_rho (0.8), growth_factor (10): fail when log-norm rises with step (Spearman ρ above
+    growth_rho) and the last fifth of the steps is growth_factor× the first fifth.
+    max_grad_rate (70), min_grad_rate (1e-3), min_first_norm (1e-4): AUTOTRAINER's r bounds.
+    loss_drop_gate (0.1): vanishing is declared only when the loss fell by less than this fraction.
+    max_dead_params (0): fail when more parameters than this never get a nonzero gradient.
+    fail_frozen_groups (True): fail when a declared param group has no trainable parameter.
+    update_ratio_fail_below (1e-5), update_ratio_fail_above (0.1), update_ratio_warn_below (1e-4),
+    update_ratio_warn_above (0.01): bands for the median update ratio of ≥2-D weights.
+    heatmap_modules (60), table_rows (30): size limits of the figures.
+    """
+
+    slug = "grad-norms"
+    code = "MD004"
+    severity = "error"
+    title = "Gradient norms"
+    fixes = ("grad-clip", "warmup-cosine", "pre-ln")
+    default_options = {
+        "steps": 30, "max_global_norm": 10.0, "growth_rho": 0.8, "growth_factor": 10.0,
+        "max_grad_rate": 70.0, "min_grad_rate": 1e-3, "min_first_norm": 1e-4, "loss_drop_gate": 0.1,
+        "max_dead_params": 0, "fail_frozen_groups": True,
+        "update_ratio_fail_below": 1e-5, "update_ratio_fail_above": 0.1,
+        "update_ratio_warn_below": 1e-4, "update_ratio_warn_above": 0.01,
+        "heatmap_modules": 60, "table_rows": 30,
+    }
+
+    def requires(self, subject: Subject) -> str | None:
+        if not any(p.requires_grad for p in subject.model.parameters()):
+            return "the model has no trainable parameters"
+        return None
+
+    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+        model, batches = subject.model, RecordingBatches(subject.train_batches)
+        tracer = GradTracer(model, on_nonfinite=lambda step: locate_nonfinite(model, subject.loss, batches.last))
+        train(subject, self.options["steps"], batches=batches, deadline=ctx.deadline, monitor=tracer)
+        trace = tracer.result()
+        metrics, table = summarize(trace)
+        groups = subject.capabilities.get("param_groups") or {}
+        if groups:
+            metrics.update(group_summary(trace, groups, [n for n, _ in model.named_parameters()]))
+        return Evidence(metrics=metrics, figures=self.figures(trace, table))
+
+    def figures(self, trace: GradTrace, table: list[list]) -> list[Figure]:
+        modules = trace.module_norms()  # {module: (K,)}
+        names = list(modules)
+        if len(names) > self.options["heatmap_modules"]:
+            names = [names[i] for i in np.linspace(0, len(names) - 1, self.options["heatmap_modules"]).round().astype(int)]
+        with np.errstate(divide="ignore"):
+            matrix = [np.log10(modules[n]).tolist() for n in names]  # (modules, K); log10(0) -> None in JSON
+        steps = list(range(len(trace.losses)))
+        finite = [v for v in [*trace.global_norms(), *trace.losses] if np.isfinite(v)]
+        rows = table if len(table) <= self.options["table_rows"] else \
+            table[: self.options["table_rows"] // 2] + table[-(self.options["table_rows"] // 2):]
+        return [
+            Figure("heatmap", "log10 gradient norm per module", {
+                "matrix": matrix, "yticklabels": names, "xlabel": "step", "ylabel": "module",
+                "colorbar": "log10 ‖grad‖"}),
+            Figure("line", "Global gradient norm and loss", {
+                "series": [{"name": "global grad norm", "x": steps, "y": trace.global_norms().tolist()},
+                           {"name": "loss", "x": steps, "y": list(trace.losses)}],
+                "xlabel": "step", "ylabel": "value", "logy": bool(finite) and min(finite) > 0}),
+            Figure("table", "Modules ranked by median gradient norm", {
+                "columns": ["module", "median grad norm", "max grad norm", "update ratio", "zero-grad steps"], "rows": rows}),
+        ]
+
+    def findings(self, m: dict) -> list[tuple[str, str, str]]:
+        """(status, kind, one line) for every threshold crossed, most important first."""
+        o, found = self.options, []
+        if m["nonfinite_step"] is not None:
+            found.append(("fail", "nonfinite", f"non-finite {m['nonfinite_in']} at step {m['nonfinite_step']}: {m['nonfinite_where']}"))
+        g, r = m["global_norm_median"], m["grad_rate"]
+        if g is not None and g > o["max_global_norm"]:
+            found.append(("fail", "exploding", f"exploding gradients: median global norm {g:.3g} > {o['max_global_norm']:g} "
+                                               f"(max {m['global_norm_max']:.3g}); largest in `{m['largest_grad_module']}`"))
+        if (m["norm_growth_rho"] or 0) > o["growth_rho"] and (m["norm_growth"] or 0) > o["growth_factor"]:
+            found.append(("fail", "exploding", f"gradient norm grows steadily: ×{m['norm_growth']:.3g} over {m['steps']} "
+                                               f"steps (Spearman ρ {m['norm_growth_rho']:.2f})"))
+        if r is not None and r > o["max_grad_rate"]:
+            found.append(("fail", "exploding", f"exploding towards the input: `{m['first_layer']}` gets {r:.3g}× the "
+                                               f"gradient of `{m['last_layer']}` (r > {o['max_grad_rate']:g})"))
+        stalled = m["loss_drop"] is None or m["loss_drop"] < o["loss_drop_gate"]
+        if r is not None and r < o["min_grad_rate"] and m["first_layer_grad_norm"] < o["min_first_norm"] and stalled:
+            found.append(("fail", "vanishing", f"vanishing gradients: `{m['first_layer']}` gets ‖g‖ "
+                                               f"{m['first_layer_grad_norm']:.2g}, {r:.2g}× that of `{m['last_layer']}`, "
+                                               f"and the loss fell only {m['loss_drop'] or 0:.1%}"))
+        for group in (m.get("frozen_groups") or []) if o["fail_frozen_groups"] else []:
+            found.append(("fail", "dead", f"declared group '{group}' is frozen: none of its parameters is trainable"))
+        for group in m.get("dead_groups") or []:
+            found.append(("fail", "dead", f"declared group '{group}' gets no gradient in {m['steps']} steps"))
+        if m["dead_param_count"] > o["max_dead_params"]:
+            why = " (never reached by backward: a `.detach()` or an unused branch?)" if m["never_in_graph"] else ""
+            found.append(("fail", "dead", f"{m['dead_param_count']} parameters never received a nonzero gradient in "
+                                          f"{m['steps']} steps, in modules {', '.join(f'`{x}`' for x in m['dead_modules'][:4])}{why}"))
+        u = m["update_ratio_median"]
+        if u is not None:
+            said, kind = f"median update/weight ratio {u:.2g} (healthy ≈ 1e-3)", "update-" + ("low" if u < 1e-3 else "high")
+            if not o["update_ratio_fail_below"] <= u <= o["update_ratio_fail_above"]:
+                found.append(("fail", kind, f"{said}: learning rate far too {kind[7:]}"))
+            elif not o["update_ratio_warn_below"] <= u <= o["update_ratio_warn_above"]:
+                found.append(("warn", kind, f"{said}: learning rate probably too {kind[7:]}"))
+        return found
+
+    def judge(self, evidence: Evidence) -> tuple[str, str]:
+        m = evidence.metrics
+        found = self.findings(m)
+        if not found:
+            return "pass", (f"gradients healthy over {m['steps']} steps: median global norm {_num(m['global_norm_median'])}, "
+                            f"first/last rate {_num(m['grad_rate'])}, update ratio {_num(m['update_ratio_median'])}")
+        status = "fail" if any(s == "fail" for s, _, _ in found) else "warn"
+        text = next(t for s, _, t in found if s == status)
+        return status, text + (f" (+{len(found) - 1} more finding{'s' * (len(found) > 2)})" if len(found) > 1 else "")
+
+    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
+        """Clipping, warmup and pre-LN for exploding or non-finite gradients; warmup for oversized updates."""
+        kinds = {kind for _, kind, _ in self.findings(evidence.metrics)}
+        if kinds & {"nonfinite", "exploding"}:
+            return list(self.fixes)
+        return ["warmup-cosine"] if "update-high" in kinds else []
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else format(value, ".3g")

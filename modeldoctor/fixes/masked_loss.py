@@ -1,0 +1,53 @@
+"""masked-loss: average the per-position loss over masked positions only."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..fix import Fix
+from ..registry import register_fix
+from ..subject import Batch, MaskSpec, Subject
+
+
+class MaskedMeanLoss:
+    """loss(model, batch) = Σ masked · ℓ / Σ masked, with ℓ the subject's per-position loss."""
+
+    def __init__(self, masking: MaskSpec):
+        self.masking = masking
+
+    def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        per_position = self.masking.per_position_loss(model, batch)  # (B, T)
+        masked = self.masking.masked(batch).to(per_position.dtype)  # (B, T)
+        return (per_position * masked).sum() / masked.sum().clamp(min=1)
+
+
+@register_fix
+class MaskedLoss(Fix):
+    """Masked-only loss: average the loss over the masked positions, not over every position.
+
+    What it changes
+    Replaces the subject's loss with the mean of its per-position loss (`MaskSpec.per_position_loss`)
+    over the masked positions (`MaskSpec.masked`). The model and the data stay as they are.
+
+    Why
+    Visible positions are in the model's input; counting them turns most of the objective into a
+    copy task that hides how badly the masked prediction goes and dilutes its gradient. Seed 001's
+    checklist: "Check loss computation - masked positions only"; MAE and BERT score masked tokens only.
+
+    Seed
+    001 (moving-tokens).
+
+    Retraining
+    Needed: only the objective changes.
+    """
+
+    slug = "masked-loss"
+    kind = "data"
+    needs_retraining = True
+    seed = "001"
+
+    def applicable(self, subject: Subject) -> str | None:
+        return None if subject.masking is not None else "the subject declares no masked objective (capability `masking`)"
+
+    def apply(self, subject: Subject) -> None:
+        subject.loss = MaskedMeanLoss(subject.masking)
