@@ -9,7 +9,14 @@ from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically; devices and pipes (/dev/null, /dev/stdout) are written directly."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory")
+        with open(path, "wb") as out:  # replacing a device node with a file would break the system
+            out.write(data)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -287,3 +287,15 @@ def test_training_script_example(capsys):
     assert all(r.status != "error" for r in results), [r.summary for r in results]
     out = capsys.readouterr().out
     assert "mean-collapse" in out and '"counts"' in out
+
+
+def test_outputs_to_a_device_are_written_in_place_not_replaced(tmp_path):
+    """Atomic writes rename a temporary file over the target; that must never happen to /dev/null."""
+    import stat
+
+    from modeldoctor.files import atomic_write_text
+
+    atomic_write_text("/dev/null", "{}")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    atomic_write_text(tmp_path / "out.json", "{}")
+    assert (tmp_path / "out.json").read_text() == "{}"
