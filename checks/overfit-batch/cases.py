@@ -95,3 +95,46 @@ def case_classifier_memorises_random_labels():
 def case_blind_classifier():
     torch.manual_seed(0)
     return classifier_subject(Blind(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))))
+
+
+class TwoTowers(nn.Module):
+    """Retrieval: two linear towers embed paired views; the loss is InfoNCE over the batch."""
+
+    def __init__(self, shared_input: bool = True):
+        super().__init__()
+        self.query, self.key = nn.Linear(16, 32), nn.Linear(16, 32)
+        self.shared_input = shared_input
+
+    def forward(self, a, b):  # (B, 16), (B, 16) -> (B, B) similarity logits
+        keys = self.key(b if self.shared_input else torch.zeros_like(b))
+        return nn.functional.normalize(self.query(a), dim=-1) @ nn.functional.normalize(keys, dim=-1).T / 0.1
+
+
+def retrieval_subject(model: nn.Module):
+    from modeldoctor import Subject, Task, TensorBatches
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(128, 16, generator=generator)
+    b = a @ torch.randn(16, 16, generator=generator) + 0.1 * torch.randn(128, 16, generator=generator)  # paired view
+
+    def logits_and_labels(m, batch):
+        logits = m(*batch)
+        return logits, torch.arange(len(logits))
+
+    return Subject(
+        name="two-towers", model=model,
+        train_batches=TensorBatches(a, b, 16), eval_batches=TensorBatches(a, b, 16, shuffle=False),
+        loss=lambda m, batch: nn.functional.cross_entropy(*logits_and_labels(m, batch)),
+        predict=logits_and_labels,
+        task=Task(kind="retrieval", metric="mse"), recipe=Recipe(lr=1e-2, steps=300),
+    )
+
+
+def case_retrieval_towers_memorise_pairs():
+    torch.manual_seed(0)
+    return retrieval_subject(TwoTowers())
+
+
+def case_retrieval_key_tower_sees_nothing():
+    torch.manual_seed(0)
+    return retrieval_subject(TwoTowers(shared_input=False))

@@ -276,6 +276,12 @@ def placeholder_svg(message: str) -> str:
             '</svg>')
 
 
+def figure_size(figure: dict) -> tuple[float, float]:
+    """FIGSIZE, made taller for heatmaps with many labelled rows so their labels do not overlap."""
+    rows = len(figure.get("yticklabels") or []) if figure.get("kind") == "heatmap" else 0
+    return (FIGSIZE[0] + (1.5 if rows > 12 else 0), max(FIGSIZE[1], 0.16 * rows + 1.2))
+
+
 def figure_svg(figure: dict) -> str:
     """Draw one figure dict as an inline `<svg>` string; never raises.
 
@@ -289,7 +295,7 @@ def figure_svg(figure: dict) -> str:
         return placeholder_svg(f"figure kind {kind!r} cannot be drawn")
     try:
         with matplotlib.rc_context(_RC):
-            fig = Figure(figsize=FIGSIZE, layout="constrained")
+            fig = Figure(figsize=figure_size(figure), layout="constrained")
             drawer(fig, figure)
             if figure.get("title"):
                 fig.suptitle(plain(figure["title"], 70), fontsize=_RC["axes.titlesize"])
