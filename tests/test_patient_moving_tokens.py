@@ -22,6 +22,8 @@ def test_failing_sample_leaks_visible_positions_and_trains_badly(trained_sample,
     found = statuses(tmp_path / "r.json")
     assert found["loss-masking"] == "fail"
     assert any(found[check] != "pass" for check in ("grad-norms", "overfit-batch", "lr-range")), found
+    prescribed = {fix for row in json.loads((tmp_path / "r.json").read_text())["results"] for fix in row["fixes"]}
+    assert {"masked-loss", "warmup-cosine", "pre-ln"} <= prescribed, prescribed
     html = (tmp_path / "r.html").read_text()
     assert "grad-norms" in html and "Loss on the frozen batch" in html
 

@@ -42,10 +42,11 @@ class GradNorms(Check):
 
     Fixes
     grad-clip, warmup-cosine and pre-ln (post-LN transformers) for exploding or non-finite
-    gradients; warmup-cosine alone for oversized updates. The norms are measured before clipping,
-    so grad-clip shows in the update ratios and the loss, not in the norms. Vanishing gradients
-    need ReLU/residuals/normalisation or a better init; dead parameters and starved groups need
-    the graph wired up (remove the `.detach()`, unfreeze, add them to the optimizer).
+    gradients; warmup-cosine and pre-ln (where a post-LN block exists) for oversized updates.
+    The norms are measured before clipping, so grad-clip shows in the update ratios and the
+    loss, not in the norms. Vanishing gradients need ReLU/residuals/normalisation or a better
+    init; dead parameters and starved groups need the graph wired up (remove the `.detach()`,
+    unfreeze, add them to the optimizer).
 
     Options
     steps (30): training steps traced.
@@ -162,11 +163,15 @@ class GradNorms(Check):
         return status, text + (f" (+{len(found) - 1} more finding{'s' * (len(found) > 2)})" if len(found) > 1 else "")
 
     def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
-        """Clipping, warmup and pre-LN for exploding or non-finite gradients; warmup for oversized updates."""
+        """Clipping, warmup and pre-LN for exploding or non-finite gradients; warmup and pre-LN for oversized updates.
+
+        (The runner drops pre-ln where no post-LN block exists: updates too large for a post-LN stack
+        are what warmup or pre-LN cure, Xiong et al. 2020.)
+        """
         kinds = {kind for _, kind, _ in self.findings(evidence.metrics)}
         if kinds & {"nonfinite", "exploding"}:
             return list(self.fixes)
-        return ["warmup-cosine"] if "update-high" in kinds else []
+        return ["warmup-cosine", "pre-ln"] if "update-high" in kinds else []
 
 
 def _num(value) -> str:
