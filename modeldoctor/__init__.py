@@ -17,11 +17,11 @@ from .fix import Fix, apply_fixes  # noqa: E402
 from .registry import build_subject, load_plugin, register_check, register_fix, register_subject  # noqa: E402
 from .results import CheckResult, Evidence, Figure  # noqa: E402
 from .runner import build_report, run_battery, run_check  # noqa: E402
-from .subject import MappedBatches, MaskSpec, QuerySpace, Recipe, Subject, Task, TensorBatches, regression_subject  # noqa: E402
+from .subject import Codec, Head, MappedBatches, MaskSpec, QuerySpace, Recipe, Subject, Task, TensorBatches, regression_subject  # noqa: E402
 from .training import StopTraining, TrainMonitor, evaluate, seed_everything, train  # noqa: E402
 
 __all__ = [
-    "BudgetExceeded", "Check", "CheckContext", "CheckResult", "Evidence", "Figure", "Fix", "InputError",
+    "BudgetExceeded", "Check", "Codec", "Head", "CheckContext", "CheckResult", "Evidence", "Figure", "Fix", "InputError",
     "LoadedCheckpoint", "MappedBatches", "MaskSpec", "QuerySpace", "Recipe", "Subject", "Task", "TensorBatches", "apply_fixes",
     "StopTraining", "TrainMonitor", "build_report", "build_subject", "evaluate", "load_checkpoint", "load_plugin", "register_check",
     "register_fix", "register_subject", "regression_subject", "run_battery", "run_check", "save_checkpoint", "seed_everything",

@@ -86,6 +86,43 @@ class MaskSpec:
     per_position_loss: Callable[[nn.Module, Batch], torch.Tensor]
 
 
+@dataclass
+class Codec:
+    """Capability: the tokenizer of one modality (a VQ codebook, scalar binning).
+
+    kind: "image" (B, [C,] H, W), "signal" (B, L) or "scalar" (B,).
+    encode(x) -> integer codes; decode(codes) -> reconstruction shaped like x.
+    num_codes: K, the codebook size or number of bins.
+    samples: re-iterable of held-out inputs `x` of this modality, for the round trip.
+    bin_width: for scalar binning, the width of one bin (a round trip must land within half of it).
+    value_range: (low, high) of the data, for PSNR (default: the range of the samples).
+    module: qualified name of the nn.Module holding the codebook, for codebook fixes (optional).
+    """
+
+    kind: str
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    num_codes: int
+    samples: Iterable[torch.Tensor]
+    bin_width: float | None = None
+    value_range: tuple[float, float] | None = None
+    module: str | None = None
+
+
+@dataclass
+class Head:
+    """Capability: one output head of a multi-head model, scored on its own against a trivial predictor.
+
+    kind: "regression", "signal" (a 1-D series per example), "classification" or "tokens".
+    predict(model, batch) -> (prediction, target): values for regression/signal, logits and
+        integer labels for classification/tokens.
+    """
+
+    kind: str
+    predict: PredictFn
+    num_classes: int | None = None
+
+
 class MappedBatches:
     """A re-iterable view of `batches` with `fn(batch, generator)` applied to each batch.
 
@@ -110,7 +147,8 @@ class Subject:
 
     Required: model, train_batches, eval_batches, loss, predict, task, recipe.
     Optional capabilities unlock checks: `queries` (query-coverage, random-queries), `masking`
-    (loss-masking, masked-loss); others go in `capabilities`, e.g. "grid_shape" (H, W) of a
+    (loss-masking, masked-loss), `codecs` (codec-roundtrip), `heads` (per-head mean-collapse);
+    others go in `capabilities`, e.g. "grid_shape" (H, W) of a
     field, "param_groups" {group: [module prefixes]}, "fourier_buffers", "output_module",
     "norm_blocks" (modules with a `norm_first` flag).
     `config` is what the factory was built from; it is saved in checkpoints.
@@ -128,6 +166,8 @@ class Subject:
     config: dict = field(default_factory=dict)
     queries: QuerySpace | None = None
     masking: MaskSpec | None = None
+    codecs: dict[str, Codec] = field(default_factory=dict)
+    heads: dict[str, Head] = field(default_factory=dict)
     capabilities: dict[str, Any] = field(default_factory=dict)
     fixes_applied: list[str] = field(default_factory=list)
     description: str = ""
