@@ -40,6 +40,48 @@ def pearson(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return float((p * t).sum()) / denom if denom > 0 else math.nan
 
 
+def mean_row_correlation(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean Pearson correlation of matching rows of (N, L) tensors (rows with no variance skipped)."""
+    p = prediction.double() - prediction.double().mean(1, keepdim=True)
+    t = target.double() - target.double().mean(1, keepdim=True)
+    denom = p.norm(dim=1) * t.norm(dim=1)
+    valid = denom > 0
+    return float(((p * t).sum(1)[valid] / denom[valid]).mean()) if bool(valid.any()) else math.nan
+
+
+def label_entropy(labels: torch.Tensor, num_classes: int) -> float:
+    """Entropy (nats) of the empirical label distribution: the loss of a model that learned only the prior."""
+    probs = torch.bincount(labels.long(), minlength=num_classes).double() / max(len(labels), 1)
+    probs = probs[probs > 0]
+    return float(-(probs * probs.log()).sum())
+
+
+def trivial_scores(kind: str, prediction: torch.Tensor, target: torch.Tensor, train_target: torch.Tensor,
+                   num_classes: int | None = None) -> dict[str, float]:
+    """One head's metrics next to those of the trivial predictor of its kind, fit on training targets.
+
+    classification/tokens (logits (N, C), labels (N,)): loss vs the label-prior entropy, accuracy vs
+    the majority class; signal ((N, L) rows): mean row correlation, relative L2 error;
+    regression ((N,)): MAE vs predicting the training median, and correlation.
+    """
+    if kind in ("classification", "tokens"):
+        majority = torch.mode(train_target).values
+        return {
+            "loss": float(torch.nn.functional.cross_entropy(prediction, target.long())),
+            "prior_entropy": label_entropy(train_target, num_classes or int(prediction.shape[-1])),
+            "accuracy": accuracy(prediction, target),
+            "majority_accuracy": float((target == majority).double().mean()),
+        }
+    if kind == "signal":
+        return {
+            "correlation": mean_row_correlation(prediction, target),
+            "relative_error": float((prediction - target).norm() / target.norm().clamp(min=1e-12)),
+        }
+    mae, median_mae = float((prediction - target).abs().mean()), float((train_target.median() - target).abs().mean())
+    return {"mae": mae, "median_mae": median_mae, "mae_ratio": mae / median_mae if median_mae > 0 else math.inf,
+            "correlation": pearson(prediction, target)}
+
+
 def expected_coverage(n_eval: int, n_train: int, k: int) -> float:
     """E[k-NN coverage] when train and eval queries come from one distribution.
 

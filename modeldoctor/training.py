@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import BudgetExceeded
 from .numerics import accuracy, mse, psnr_db
-from .subject import Batch, Recipe, Subject
+from .subject import Batch, Head, Recipe, Subject
 
 
 def seed_everything(seed: int) -> None:
@@ -142,28 +142,38 @@ def train(
 
 @torch.no_grad()
 def collect_predictions(
-    subject: Subject, batches: Iterable[Batch] | None = None, model: nn.Module | None = None, max_batches: int | None = None
+    subject: Subject,
+    batches: Iterable[Batch] | None = None,
+    model: nn.Module | None = None,
+    max_batches: int | None = None,
+    head: Head | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenated (prediction, target) over the evaluation batches (or `batches`), model in eval mode.
 
-    Regression: both flattened to (N,). Classification and tokens: logits (N, C) and targets (N,),
-    without the positions whose target is `task.ignore_index`.
+    Uses the subject's predict and task, or those of one declared `head`. By kind:
+    regression: both flattened to (N,); signal: one row per example, (N, L);
+    classification and tokens: logits (N, C) and targets (N,), without `task.ignore_index` positions.
     """
     model = subject.model if model is None else model
-    categorical, ignore = subject.task.is_categorical, subject.task.ignore_index
+    predict, kind = (head.predict, head.kind) if head else (subject.predict, subject.task.kind)
+    ignore = subject.task.ignore_index
     was_training = model.training
     model.eval()
     predictions, targets = [], []
     try:
         for batch in itertools.islice(subject.eval_batches if batches is None else batches, max_batches):
-            prediction, target = subject.predict(model, batch)
-            if categorical:
-                logits, labels = prediction.detach().float().reshape(-1, prediction.shape[-1]), target.reshape(-1)
+            prediction, target = predict(model, batch)
+            prediction = prediction.detach()
+            if kind in ("classification", "tokens"):
+                logits, labels = prediction.float().reshape(-1, prediction.shape[-1]), target.reshape(-1)
                 keep = labels != ignore
                 predictions.append(logits[keep])
                 targets.append(labels[keep])
+            elif kind == "signal":
+                predictions.append(prediction.float().reshape(prediction.shape[0], -1))
+                targets.append(target.detach().float().reshape(target.shape[0], -1))
             else:
-                predictions.append(prediction.detach().float().reshape(-1))
+                predictions.append(prediction.float().reshape(-1))
                 targets.append(target.detach().float().reshape(-1))
     finally:
         model.train(was_training)

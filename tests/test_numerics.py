@@ -48,3 +48,33 @@ def test_paired_interval_by_hand():
     half = 4.302653 / math.sqrt(3)
     assert (low, high) == pytest.approx((2 - half, 2 + half), abs=1e-4)
     assert all(math.isnan(v) for v in paired_interval([1.0]))
+
+
+def test_label_entropy_by_hand():
+    from modeldoctor.numerics import label_entropy
+
+    assert label_entropy(torch.tensor([0, 1, 0, 1]), 3) == pytest.approx(math.log(2))
+    assert label_entropy(torch.tensor([2, 2, 2]), 3) == pytest.approx(0.0)
+
+
+def test_mean_row_correlation_by_hand():
+    from modeldoctor.numerics import mean_row_correlation
+
+    target = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    prediction = torch.tensor([[2.0, 4.0, 6.0], [1.0, 2.0, 3.0]])  # rows: +1 and -1 correlated
+    assert mean_row_correlation(prediction, target) == pytest.approx(0.0)
+    assert mean_row_correlation(target, target) == pytest.approx(1.0)
+
+
+def test_trivial_scores_by_hand():
+    from modeldoctor.numerics import trivial_scores
+
+    regression = trivial_scores("regression", torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.0]), torch.tensor([0.0, 2.0, 4.0]))
+    # median of training targets = 2: MAE 1.0; the model's MAE is 0.5
+    assert regression["mae"] == pytest.approx(0.5) and regression["median_mae"] == pytest.approx(1.0)
+    assert regression["mae_ratio"] == pytest.approx(0.5)
+    logits = torch.tensor([[5.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 0, 1])
+    categorical = trivial_scores("classification", logits, labels, torch.tensor([0, 0, 0, 1]), 2)
+    assert categorical["accuracy"] == 1.0 and categorical["majority_accuracy"] == pytest.approx(2 / 3)
+    assert categorical["prior_entropy"] == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))

@@ -1,22 +1,31 @@
 """mean-collapse: is the model any better than predicting the training mean?"""
 from __future__ import annotations
 
+import itertools
+
 from ..check import Check, CheckContext
-from ..numerics import mse, pearson, psnr_db, variance_ratio
+from ..numerics import mse, pearson, psnr_db, trivial_scores, variance_ratio
 from ..registry import register_check
 from ..results import Evidence, Figure
-from ..subject import Subject
+from ..subject import Head, Subject
 from ..training import collect_predictions, data_range, target_mean
 
 
 @register_check
 class MeanCollapse(Check):
-    """Mean-prediction detection: model PSNR against the PSNR of predicting the training mean.
+    """Mean-prediction detection: is every output head better than a trivial predictor?
 
     What it checks
-    On the evaluation batches, the PSNR of the model against the PSNR of a trivial predictor that
-    outputs the mean training target everywhere. Also the variance ratio Var(ŷ)/Var(y) and the
-    Pearson correlation of predictions with targets.
+    For a single-output regression subject: on the evaluation batches, the PSNR of the model
+    against the PSNR of a trivial predictor that outputs the mean training target everywhere,
+    plus the variance ratio Var(ŷ)/Var(y) and the Pearson correlation of predictions with targets.
+    For every declared output head (capability `heads`), or the one output of a classification or
+    token subject, against the trivial predictor of its kind:
+    - regression: MAE against predicting the median training target, and correlation;
+    - signal: the mean per-example correlation with the target (and relative error);
+    - classification and tokens: cross-entropy against the entropy of the training label prior
+      (what a model that learned only the prior scores), accuracy against the majority class.
+    A head that does no better than its trivial predictor fails, and the finding names it.
 
     Why it matters
     A model stuck at the mean looks like it trains (the loss falls to Var(y)) but has learned
@@ -27,7 +36,9 @@ class MeanCollapse(Check):
 
     Evidence
     Model and mean-predictor PSNR, their difference, variance ratio, correlation, and (when the
-    subject declares a `grid_shape`) targets, predictions and errors of a few evaluation fields.
+    subject declares a `grid_shape`) targets and predictions of a few evaluation fields. Per head:
+    its metrics prefixed with the head name (`redshift.mae_ratio`, ...) and a table of every head
+    against its trivial predictor.
 
     Fixes
     random-queries when training queried other positions than evaluation does (see
@@ -37,7 +48,13 @@ class MeanCollapse(Check):
     Options
     fail_below_db (1.0): fail when the model beats the mean predictor by less than this.
     warn_below_db (3.0): warn below this gain (R² < 0.5).
+    fail_mae_ratio (0.9), warn_mae_ratio (0.7): regression heads, MAE / MAE of the median predictor.
+    fail_signal_corr (0.2), warn_signal_corr (0.5): signal heads, mean per-example correlation.
+    prior_margin (0.02): classification heads beat the prior when their loss is this fraction
+        below its entropy; accuracy_margin (0.005): and when their accuracy beats the majority
+        class by this much. Neither: fail; only one: warn.
     max_batches (None): evaluation batches to use (None: all).
+    train_batches_for_mean (20): training batches that estimate the trivial predictors.
     """
 
     slug = "mean-collapse"
@@ -45,14 +62,40 @@ class MeanCollapse(Check):
     severity = "error"
     title = "Mean-prediction collapse"
     fixes = ("random-queries", "clamp-output", "learnable-fourier")
-    default_options = {"fail_below_db": 1.0, "warn_below_db": 3.0, "max_batches": None, "train_batches_for_mean": 20}
+    default_options = {
+        "fail_below_db": 1.0, "warn_below_db": 3.0, "fail_mae_ratio": 0.9, "warn_mae_ratio": 0.7,
+        "fail_signal_corr": 0.2, "warn_signal_corr": 0.5, "prior_margin": 0.02, "accuracy_margin": 0.005,
+        "max_batches": None, "train_batches_for_mean": 20,
+    }
 
     def requires(self, subject: Subject) -> str | None:
-        if subject.task.kind != "regression":
-            return f"needs a regression task (this subject's task is {subject.task.kind})"
-        return None
+        if subject.heads or subject.task.kind in ("regression", "classification", "tokens"):
+            return None
+        return f"needs declared output heads or a regression/classification task (this one is {subject.task.kind})"
 
     def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+        if subject.heads or subject.task.is_categorical:
+            heads = subject.heads or {"output": Head(subject.task.kind, subject.predict, subject.task.num_classes)}
+            return self.measure_heads(subject, heads, ctx)
+        return self.measure_field(subject, ctx)
+
+    def measure_heads(self, subject: Subject, heads: dict[str, Head], ctx: CheckContext) -> Evidence:
+        train = lambda: itertools.islice(subject.train_batches, self.options["train_batches_for_mean"])  # noqa: E731
+        metrics, rows = {"heads": list(heads)}, []
+        for name, head in heads.items():
+            prediction, target = collect_predictions(subject, max_batches=self.options["max_batches"], head=head)
+            _, train_target = collect_predictions(subject, batches=train(), head=head)
+            ctx.ensure_time(f"head {name}")
+            scores = trivial_scores(head.kind, prediction, target, train_target, head.num_classes)
+            metrics.update({f"{name}.{key}": value for key, value in scores.items()})
+            metrics[f"{name}.kind"] = head.kind
+            status, said = self.judge_head(head.kind, scores)
+            metrics[f"{name}.status"] = status
+            rows.append([name, head.kind, status, said])
+        table = Figure("table", "Each head against its trivial predictor", {"columns": ["head", "kind", "status", "evidence"], "rows": rows})
+        return Evidence(metrics=metrics, figures=[table])
+
+    def measure_field(self, subject: Subject, ctx: CheckContext) -> Evidence:
         mean = target_mean(subject, self.options["train_batches_for_mean"])
         prediction, target = collect_predictions(subject, max_batches=self.options["max_batches"])
         ctx.ensure_time("evaluation")
@@ -90,8 +133,37 @@ class MeanCollapse(Check):
         low, high = value_range or (float(target.min()), float(target.max()))
         return Figure("images", "Evaluation fields: target and prediction", {"images": images, "vmin": low, "vmax": high})
 
+    def judge_head(self, kind: str, m: dict) -> tuple[str, str]:
+        """(status, evidence text) of one head's scores against its trivial predictor."""
+        o = self.options
+        if kind in ("classification", "tokens"):
+            beats_prior = m["loss"] <= (1 - o["prior_margin"]) * m["prior_entropy"]
+            beats_majority = m["accuracy"] >= m["majority_accuracy"] + o["accuracy_margin"]
+            status = "pass" if beats_prior and beats_majority else "warn" if beats_prior or beats_majority else "fail"
+            return status, (f"loss {m['loss']:.3f} vs {m['prior_entropy']:.3f} for the label prior, "
+                            f"accuracy {m['accuracy']:.1%} vs {m['majority_accuracy']:.1%} for the majority class")
+        if kind == "signal":
+            corr = m["correlation"]
+            status = "fail" if not corr >= o["fail_signal_corr"] else "warn" if corr < o["warn_signal_corr"] else "pass"
+            return status, f"correlation with the target {corr:.2f} (relative error {m['relative_error']:.2f})"
+        ratio = m["mae_ratio"]
+        status = "fail" if not ratio < o["fail_mae_ratio"] else "warn" if ratio >= o["warn_mae_ratio"] else "pass"
+        return status, f"MAE {m['mae']:.3g} vs {m['median_mae']:.3g} for the median (ratio {ratio:.2f}), correlation {m['correlation']:.2f}"
+
     def judge(self, evidence: Evidence) -> tuple[str, str]:
         m, o = evidence.metrics, self.options
+        if "heads" in m:
+            verdicts = {name: m[f"{name}.status"] for name in m["heads"]}
+            worst = max(verdicts.values(), key=["pass", "warn", "fail"].index)
+            named = [name for name, status in verdicts.items() if status == worst]
+            _, said = self.judge_head(m[f"{named[0]}.kind"], {k.split(".", 1)[1]: v for k, v in m.items() if k.startswith(named[0] + ".")})
+            if worst == "pass":
+                return "pass", f"every head beats its trivial predictor ({len(verdicts)} head{'s' * (len(verdicts) > 1)})"
+            which = ", ".join(f"'{n}'" for n in named)
+            verdict = "no better than" if worst == "fail" else "barely better than"
+            if len(named) == 1:
+                return worst, f"head {which} is {verdict} its trivial predictor: {said}"
+            return worst, f"heads {which} are {verdict} their trivial predictors; '{named[0]}': {said}"
         said = (f"model {m['psnr_db']:.1f} dB vs {m['mean_baseline_psnr_db']:.1f} dB for predicting the training mean "
                 f"({m['delta_db']:+.1f} dB; variance ratio {m['variance_ratio']:.2f}, correlation {m['correlation']:.2f})")
         if not m["delta_db"] >= o["fail_below_db"]:
@@ -99,3 +171,4 @@ class MeanCollapse(Check):
         if m["delta_db"] < o["warn_below_db"]:
             return "warn", f"barely better than the mean: {said}"
         return "pass", f"beats the mean predictor: {said}"
+
