@@ -36,12 +36,15 @@ class Arm:
 def trivial_baseline(subject) -> dict | None:
     """The task metric of the trivial predictor, where defined.
 
-    psnr_db: predict the training-target mean; accuracy: predict the majority training class.
+    psnr_db: predict the training-target mean; mae: the training median; accuracy: the majority class.
     """
     _, target = collect_predictions(subject)
     if subject.task.metric == "psnr_db":
         mean = target_mean(subject)
         return {"name": "mean predictor", "value": psnr_db(mse(mean.expand_as(target), target), data_range(subject))}
+    if subject.task.metric == "mae":
+        _, train_target = collect_predictions(subject, batches=itertools.islice(subject.train_batches, 20))
+        return {"name": "median predictor", "value": float((target - train_target.median()).abs().mean())}
     if subject.task.metric == "accuracy":
         _, train_target = collect_predictions(subject, batches=itertools.islice(subject.train_batches, 20))
         majority = torch.mode(train_target).values

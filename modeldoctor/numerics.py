@@ -82,6 +82,21 @@ def trivial_scores(kind: str, prediction: torch.Tensor, target: torch.Tensor, tr
             "correlation": pearson(prediction, target)}
 
 
+def code_usage(counts: torch.Tensor) -> dict[str, float]:
+    """Codebook statistics from hit counts n_k (K,) accumulated over all samples.
+
+    usage = #{n_k > 0}/K; perplexity = exp(H), H = -Σ p_k ln p_k, p_k = n_k/N; dead codes = K - used;
+    usage_ceiling = 1 - (1 - 1/K)^N, the usage N tokens drawn uniformly would reach on average.
+    """
+    k, total = len(counts), int(counts.sum())
+    p = counts[counts > 0].double() / max(total, 1)
+    perplexity = math.exp(float(-(p * p.log()).sum()))
+    used = int((counts > 0).sum())
+    return {"num_codes": k, "tokens": total, "codes_used": used, "usage": used / k,
+            "usage_ceiling": 1.0 - (1.0 - 1.0 / k) ** total, "perplexity": perplexity,
+            "perplexity_ratio": perplexity / k, "dead_codes": k - used}
+
+
 def expected_coverage(n_eval: int, n_train: int, k: int) -> float:
     """E[k-NN coverage] when train and eval queries come from one distribution.
 

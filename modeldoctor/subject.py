@@ -23,7 +23,7 @@ class Task:
 
     kind: "regression", "classification", "tokens" or "retrieval".
     value_range: (low, high) of regression targets; PSNR uses high - low as its data range.
-    metric: the task metric that `bench` compares ("psnr_db", "mse", "accuracy").
+    metric: the task metric that `bench` compares ("psnr_db", "mse", "mae", "accuracy").
     num_classes: classes or vocabulary size for classification and tokens.
     ignore_index: target value that marks positions not to score (as in F.cross_entropy).
 
@@ -173,10 +173,17 @@ class Subject:
     description: str = ""
 
     def copy(self) -> "Subject":
-        """A copy whose model (and recipe) can be changed without touching this one."""
+        """A copy whose model (and recipe) can be changed without touching this one.
+
+        Model and codecs are deep-copied together, so codec methods bound to the model's modules
+        follow the copy; codec samples (data) are shared, not copied.
+        """
+        memo = {id(codec.samples): codec.samples for codec in self.codecs.values()}
+        model, codecs = copy.deepcopy((self.model, self.codecs), memo)
         return replace(
             self,
-            model=copy.deepcopy(self.model),
+            model=model,
+            codecs=codecs,
             recipe=replace(self.recipe),
             config=copy.deepcopy(self.config),
             capabilities=dict(self.capabilities),

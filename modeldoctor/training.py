@@ -195,6 +195,8 @@ def evaluate(subject: Subject, model: nn.Module | None = None) -> float:
         return mse(prediction, target)
     if metric == "accuracy":
         return accuracy(prediction, target)
+    if metric == "mae":
+        return float((prediction - target).abs().mean())
     raise ValueError(f"unknown task metric {metric!r}")
 
 

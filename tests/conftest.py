@@ -51,16 +51,27 @@ def run_cli(*args, cwd: str | Path | None = None, timeout: float = 120) -> subpr
 
 @pytest.fixture(scope="session")
 def trained_sample(tmp_path_factory):
-    """trained_sample(name, variant) -> Path of a checkpoint trained once per session via the CLI."""
+    """trained_sample(name, variant) -> Path of a checkpoint trained once per session via the CLI.
+
+    The first request for a sample trains its failing and healthy variants at once, in two
+    processes (one torch thread each), since the tests ask for both.
+    """
     folder = tmp_path_factory.mktemp("samples")
     cache: dict[tuple[str, str], Path] = {}
 
     def get(name: str, variant: str) -> Path:
         if (name, variant) not in cache:
-            path = folder / f"{name}-{variant}.pt"
-            done = run_cli("sample", name, "--out", path, *(["--healthy"] if variant == "healthy" else []), timeout=600)
-            assert done.returncode == 0, done.stderr
-            cache[name, variant] = path
+            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+            runs = {}
+            for kind in ("failing", "healthy"):
+                path = folder / f"{name}-{kind}.pt"
+                command = [sys.executable, "-m", "modeldoctor", "sample", name, "--out", str(path)]
+                command += ["--healthy"] if kind == "healthy" else []
+                runs[kind] = (path, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            for kind, (path, process) in runs.items():
+                _, stderr = process.communicate(timeout=600)
+                assert process.returncode == 0, stderr
+                cache[name, kind] = path
         return cache[name, variant]
 
     return get

@@ -110,3 +110,32 @@ def test_pre_ln_is_not_applicable_without_transformer_blocks():
     x = torch.rand(8, 1)
     subject = regression_subject("mlp", nn.Linear(1, 1), (x, x), (x, x))
     assert "norm_first" in get_fix("pre-ln")().applicable(subject)
+
+
+def test_scale_up_rebuilds_wider_and_deeper_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    subject = build_subject("moving-tokens", TOKENS_SMALL)
+    patched = apply_fixes(subject, ["pre-ln", "scale-up"])
+    layers = [m for m in patched.model.modules() if isinstance(m, nn.TransformerEncoderLayer)]
+    assert len(layers) == 2 * subject.config["n_layers"]
+    assert patched.model.embed.embedding_dim == 2 * subject.config["d_model"]
+    assert all(layer.norm_first for layer in layers), "fixes applied before scale-up are re-applied"
+    assert patched.config == subject.config, "the stored config stays unscaled; loading replays scale-up"
+    train(patched, 3)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "big.pt", patched)).subject
+    batch = next(iter(patched.eval_batches))
+    assert torch.allclose(loaded.model(batch["input"]), patched.model(batch["input"]))
+
+
+def test_aux_recon_loss_weights_visible_positions_and_loss_masking_accepts_it():
+    from modeldoctor.checks.loss_masking import LossMasking
+
+    subject = apply_fixes(build_subject("moving-tokens", TOKENS_SMALL), ["masked-loss"])
+    batch = next(iter(subject.train_batches))
+    patched = apply_fixes(subject, ["aux-recon-loss"])
+    per_position = subject.masking.per_position_loss(subject.model, batch)
+    masked = batch["masked"].float()
+    expected = (per_position * masked).sum() / masked.sum() + 0.1 * (per_position * (1 - masked)).sum() / (1 - masked).sum()
+    assert torch.allclose(patched.loss(patched.model, batch), expected)
+    result = run_check(LossMasking(), patched)
+    assert result.status == "pass" and result.metrics["loss_change_visible"] > 0, result.summary

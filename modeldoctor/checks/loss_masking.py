@@ -48,6 +48,9 @@ class LossMasking(Check):
     Fixes
     masked-loss: average the per-position loss over masked positions only.
 
+    A subject whose objective weights visible positions on purpose (an auxiliary reconstruction
+    loss) declares `capabilities["visible_loss_weight"]`; visible positions then pass.
+
     Options
     tolerance (1e-6): relative loss change below which a perturbation counts as "no effect".
     """
@@ -79,6 +82,7 @@ class LossMasking(Check):
             "loss_change_visible": abs(visible_changed - base) / scale,
             "loss_change_masked": abs(masked_changed - base) / scale,
             "masked_fraction": float(masked.float().mean()),
+            "declared_visible_weight": subject.capabilities.get("visible_loss_weight"),
         }
         figure = Figure("bar", "Relative loss change when targets change", {
             "labels": ["visible targets changed", "masked targets changed"],
@@ -94,6 +98,8 @@ class LossMasking(Check):
                 f"changing masked targets by {m['loss_change_masked']:.1%} ({m['masked_fraction']:.0%} of positions masked)")
         if leaks and not counted:
             return "fail", f"the loss counts visible positions and ignores masked ones: {said}"
+        if leaks and m["declared_visible_weight"]:
+            return "pass", f"the loss counts masked positions and, by declaration, visible ones at weight {m['declared_visible_weight']:g}: {said}"
         if leaks:
             return "fail", f"visible positions leak into the loss: {said}"
         if not counted:

@@ -43,7 +43,8 @@ class MeanCollapse(Check):
     Fixes
     random-queries when training queried other positions than evaluation does (see
     query-coverage); clamp-output to bound predictions to the target range; learnable-fourier
-    when fixed coordinate frequencies do not fit the data.
+    when fixed coordinate frequencies do not fit the data; codebook-reset when a collapsed
+    tokenizer starves the heads (see codec-roundtrip).
 
     Options
     fail_below_db (1.0): fail when the model beats the mean predictor by less than this.
@@ -61,7 +62,7 @@ class MeanCollapse(Check):
     code = "MD002"
     severity = "error"
     title = "Mean-prediction collapse"
-    fixes = ("random-queries", "clamp-output", "learnable-fourier")
+    fixes = ("random-queries", "clamp-output", "learnable-fourier", "codebook-reset")
     default_options = {
         "fail_below_db": 1.0, "warn_below_db": 3.0, "fail_mae_ratio": 0.9, "warn_mae_ratio": 0.7,
         "fail_signal_corr": 0.2, "warn_signal_corr": 0.5, "prior_margin": 0.02, "accuracy_margin": 0.005,

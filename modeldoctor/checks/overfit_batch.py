@@ -1,6 +1,7 @@
 """overfit-batch: can a copy of the model memorise one fixed training batch?"""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..check import Check, CheckContext
@@ -20,6 +21,18 @@ def disable_dropout(model: nn.Module) -> None:
             module.dropout = 0.0
 
 
+def frozen_randomness(loss, seed: int):
+    """The loss with the same random draws every call: masks or queries sampled inside the loss
+    would otherwise make one batch a moving target (REFERENCE-checks §1 pitfall)."""
+
+    def frozen(model, batch):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return loss(model, batch)
+
+    return frozen
+
+
 ADVICE = [
     "Objective: is the loss computed on the right tensors, with the right sign and reduction, on the positions that matter?",
     "Data: do labels line up with inputs (shuffle both together; view vs permute; off-by-one shifts)?",
@@ -35,8 +48,9 @@ class OverfitBatch(Check):
 
     What it checks
     Trains a copy of the model on the first training batch, frozen (same examples, same queries
-    and masks every step, dropout off), with the subject's own loss, optimizer and learning rate,
-    and measures how far the loss falls. By task kind it also measures:
+    and masks every step, random draws inside the loss repeated, dropout off), with the subject's
+    own loss, optimizer and learning rate, and measures how far the loss falls. By task kind it
+    also measures:
     - regression with a known value range: the PSNR reached on that batch;
     - classification and tokens: the accuracy on that batch;
     - anything else (retrieval, unbounded regression): the loss drop alone.
@@ -53,8 +67,8 @@ class OverfitBatch(Check):
     the PSNR or the accuracy on the memorised batch. A failure lists what to look at.
 
     Fixes
-    None automatic: a failure points at a bug class (see above). Check the loss, the labels and
-    `requires_grad`, raise capacity temporarily, or sweep the learning rate.
+    scale-up tests the capacity explanation. The other bug classes have no automatic fix: check
+    the loss, the labels and `requires_grad`, or sweep the learning rate (lr-range).
 
     Options
     steps (300): training steps on the batch (HF's TrainingTesterMixin uses 300).
@@ -69,7 +83,7 @@ class OverfitBatch(Check):
     code = "MD001"
     severity = "error"
     title = "Single-batch overfit"
-    fixes = ()
+    fixes = ("scale-up",)
     default_options = {
         "steps": 300, "lr": None, "pass_loss_drop": 0.95, "warn_loss_drop": 0.80,
         "pass_psnr_db": 35.0, "warn_psnr_db": 25.0, "pass_accuracy": 1.0, "warn_accuracy": 0.9,
@@ -78,6 +92,7 @@ class OverfitBatch(Check):
     def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
         batch = next(iter(subject.train_batches))  # frozen: the same object every step
         disable_dropout(subject.model)
+        subject.loss = frozen_randomness(subject.loss, ctx.seed)
         log = train(subject, self.options["steps"], batches=[batch], lr=self.options["lr"], deadline=ctx.deadline)
         initial, final = log.losses[0], log.losses[-1]
         metrics = {
