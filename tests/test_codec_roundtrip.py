@@ -292,3 +292,7 @@ def test_codebook_fixes_explain_why_they_do_not_apply(slug):
                                      num_codes=64, samples=[], module="image_tokenizer")}
     assert "`encode` is not the bound method `image_tokenizer.encode`" in fix.applicable(subject)
     assert fix.applicable(CASES["kmeans_vq_image"]()) is None
+    if slug == "codebook-resize":  # growing K is refused until the subject says what reads the codes
+        undeclared = CASES["kmeans_vq_image"]()
+        undeclared.capabilities = {}
+        assert "capabilities['codebook_dependents']" in fix.applicable(undeclared)

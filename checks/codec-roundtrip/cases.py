@@ -45,7 +45,10 @@ def sines(n: int, seed: int) -> torch.Tensor:
 
 def host_subject(name: str, codecs: dict, **tokenizers: nn.Module) -> Subject:
     x = torch.linspace(0, 1, 16).unsqueeze(1)  # (16, 1)
-    return regression_subject(name, CodecHost(**tokenizers), (x, x), (x, x), value_range=(0.0, 1.0), codecs=codecs)
+    # Nothing in the host model reads the codes, so a codebook may grow freely (codebook-resize).
+    dependents = {codec: [] for codec, spec in codecs.items() if spec.module}
+    return regression_subject(name, CodecHost(**tokenizers), (x, x), (x, x), value_range=(0.0, 1.0), codecs=codecs,
+                              capabilities={"codebook_dependents": dependents})
 
 
 def image_subject(tokenizer: PatchTokenizer, name: str) -> Subject:

@@ -111,6 +111,8 @@ class CodebookResize(Fix):
     K rows, nn.Linear with K outputs or inputs) grow too, keeping their rows: new embedding and
     logit rows start at the mean of the old ones, new input columns at zero. State-dict keys keep
     their names but change shape; a patched checkpoint replays the fix before loading weights.
+    The fix applies only to codecs listed in `capabilities["codebook_dependents"]` (an empty list
+    when nothing reads the codes): growing K while a layer still expects K codes would index past it.
 
     Why
     A codebook too small for the data's variety caps the fidelity of every token; the seed moved
@@ -135,7 +137,12 @@ class CodebookResize(Fix):
         targets, reasons = codec_targets(subject)
         if not targets:
             return "; ".join(reasons) if reasons else "the subject declares no codecs (capability `codecs`)"
+        declared = subject.capabilities.get("codebook_dependents")
         for target in targets:
+            if declared is None or target.name not in declared:
+                # Growing K without growing what reads the codes would index past those layers.
+                return (f"codec '{target.name}': declare what depends on its codebook size in "
+                        f"capabilities['codebook_dependents'] (an empty list if nothing does)")
             if resize_factor(subject, target.name) < 2:
                 return f"codec '{target.name}': codebook_resize_factor must be an integer ≥ 2"
             for qualified in dependents(subject, target.name):
