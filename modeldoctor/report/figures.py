@@ -168,12 +168,14 @@ def _set_categories(ax: Axes, axis: str, labels: list | None, count: int) -> Non
     """Category tick labels when there are few enough to read."""
     if not labels or count > MAX_TICKLABELS:
         return
-    texts = [plain(label, 24) for label in list(labels)[:count]]
-    rotate = 45 if count > 6 or max((len(t) for t in texts), default=0) > 8 else 0
     if axis == "x":
+        texts = [plain(label, 24) for label in list(labels)[:count]]
+        rotate = 45 if count > 6 or max((len(t) for t in texts), default=0) > 8 else 0
         ax.set_xticks(range(len(texts)))
         ax.set_xticklabels(texts, rotation=rotate, ha="right" if rotate else "center")
     else:
+        # One line per row: long names (module paths) keep their most specific end.
+        texts = [plain(label if len(str(label)) <= 32 else "…" + str(label)[-31:]) for label in list(labels)[:count]]
         ax.set_yticks(range(len(texts)))
         ax.set_yticklabels(texts)
 
