@@ -7,6 +7,7 @@ from torch import nn
 from ..fix import Fix
 from ..registry import register_fix
 from ..subject import Batch, MaskSpec, Subject
+from .masked_loss import weighted_mean
 
 WEIGHT = 0.1
 
@@ -20,9 +21,7 @@ class MaskedPlusVisibleLoss:
     def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         per_position = self.masking.per_position_loss(model, batch)  # (B, T)
         masked = self.masking.masked(batch).to(per_position.dtype)  # (B, T)
-        visible = 1.0 - masked
-        masked_mean = (per_position * masked).sum() / masked.sum().clamp(min=1)
-        return masked_mean + self.weight * (per_position * visible).sum() / visible.sum().clamp(min=1)
+        return weighted_mean(per_position, masked) + self.weight * weighted_mean(per_position, 1.0 - masked)
 
 
 @register_fix

@@ -9,6 +9,11 @@ from ..registry import register_fix
 from ..subject import Batch, MaskSpec, Subject
 
 
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·v / Σ w over positions (0 when no weight is set)."""
+    return (values * weights).sum() / weights.sum().clamp(min=1)
+
+
 class MaskedMeanLoss:
     """loss(model, batch) = Σ masked · ℓ / Σ masked, with ℓ the subject's per-position loss."""
 
@@ -17,8 +22,7 @@ class MaskedMeanLoss:
 
     def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         per_position = self.masking.per_position_loss(model, batch)  # (B, T)
-        masked = self.masking.masked(batch).to(per_position.dtype)  # (B, T)
-        return (per_position * masked).sum() / masked.sum().clamp(min=1)
+        return weighted_mean(per_position, self.masking.masked(batch).to(per_position.dtype))
 
 
 @register_fix
