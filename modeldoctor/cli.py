@@ -16,6 +16,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -112,10 +113,10 @@ def write_outputs(json_path: Path | None, html_path: Path | None, report: dict |
             sys.stdout.write(json.dumps(data, indent=2) + "\n")
         else:
             write_json(json_path, data)
-            err.print(f"JSON written to [bold]{json_path}[/]", highlight=False)
+            err.print(f"JSON written to [bold]{escape(str(json_path))}[/]", highlight=False)
     if html_path is not None:
         atomic_write_text(html_path, render_html(report=report, bench=bench, docs=docs_for(report, bench)))
-        err.print(f"HTML report written to [bold]{html_path}[/]", highlight=False)
+        err.print(f"HTML report written to [bold]{escape(str(html_path))}[/]", highlight=False)
 
 
 def bar_progress(spinner: bool = False) -> Progress:
@@ -133,7 +134,7 @@ def run_diagnosis(loaded, checks: list[str] | None, seed: int, budget: float) ->
 
         def on_event(event: str, slug: str, result) -> None:
             if event == "start":
-                progress.update(task, description=f"running [bold]{slug}[/]")
+                progress.update(task, description=f"running [bold]{escape(str(slug))}[/]")
             else:
                 progress.advance(task)
 
@@ -205,10 +206,10 @@ def fix(
         patched = apply_fixes(loaded.subject, names)
         save_checkpoint(output, patched, extra={"patched_from": loaded.sha256})
         retrain = [n for n in names if get_fix(n).needs_retraining]
-        out.print(f"Wrote [bold]{output}[/] with fixes: {', '.join(patched.fixes_applied)}", highlight=False)
+        out.print(f"Wrote [bold]{escape(str(output))}[/] with fixes: {escape(', '.join(patched.fixes_applied))}", highlight=False)
         if retrain:
             out.print(f"Needs retraining to take effect: {', '.join(retrain)}. "
-                      f"Measure it with `modeldoctor bench {checkpoint} --fix {','.join(names)}`.", highlight=False)
+                      f"Measure it with `modeldoctor bench {escape(str(checkpoint))} --fix {','.join(names)}`.", highlight=False)
 
 
 @app.command()
@@ -259,7 +260,7 @@ def run_bench_with_progress(loaded, arm_fixes: list[list[str]], steps: int | Non
 
         def on_progress(arm: str, seed: int, step: int, total: int) -> None:
             nonlocal finished_runs
-            progress.update(task, completed=finished_runs * total + step, description=f"training [bold]{arm}[/] seed {seed}")
+            progress.update(task, completed=finished_runs * total + step, description=f"training [bold]{escape(str(arm))}[/] seed {seed}")
             finished_runs += step == total
 
         return run_bench(subject.name, subject.config, arms, base_fixes=subject.fixes_applied, seeds=seeds, steps=steps,
@@ -281,7 +282,7 @@ def sample(
     """Train a sample patient (failing by default, or its healthy twin) and save its checkpoint."""
     with handled(debug, threads):
         train_sample_with_progress(name, output, healthy=healthy, steps=steps, seed=seed)
-        out.print(f"Wrote [bold]{output}[/] ({'healthy' if healthy else 'failing'} {name})", highlight=False)
+        out.print(f"Wrote [bold]{escape(str(output))}[/] ({'healthy' if healthy else 'failing'} {name})", highlight=False)
 
 
 def train_sample_with_progress(name: str, output: Path, *, healthy: bool, steps: int | None, seed: int):
@@ -317,7 +318,7 @@ def demo(
         started = time.monotonic()
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = out_dir / f"{name}-failing.pt"
-        out.rule(f"[bold]1/3[/] training the failing [bold]{name}[/] sample")
+        out.rule(f"[bold]1/3[/] training the failing [bold]{escape(str(name))}[/] sample")
         train_sample_with_progress(name, checkpoint, healthy=False, steps=steps, seed=0)
         loaded = load_checkpoint(checkpoint)
         out.rule("[bold]2/3[/] diagnosing it")
@@ -330,7 +331,7 @@ def demo(
             bench_result = run_bench_with_progress(loaded, [prescribed], steps, list(range(seeds)), jobs)
             print_bench(bench_result, out)
         write_outputs(out_dir / f"{name}-report.json", out_dir / f"{name}-report.html", report, bench_result)
-        out.print(f"Done in {time.monotonic() - started:.0f}s. Open [bold]{out_dir / f'{name}-report.html'}[/] in a browser.", highlight=False)
+        out.print(f"Done in {time.monotonic() - started:.0f}s. Open [bold]{escape(str(out_dir / f'{name}-report.html'))}[/] in a browser.", highlight=False)
 
 
 @app.command("list")
@@ -370,7 +371,7 @@ def explain(name: Annotated[str, typer.Argument(help="A check or fix slug.")], p
         if item is None:
             raise InputError(f"no check or fix named {name!r} (known: {', '.join(sorted([*CHECKS, *FIXES]))})")
         kind = "check" if name in CHECKS else "fix"
-        out.rule(f"[bold]{name}[/] ({kind})")
+        out.rule(f"[bold]{escape(str(name))}[/] ({kind})")
         out.print(item.doc(), markup=False, highlight=False)
 
 
