@@ -64,7 +64,7 @@ def test_fix_writes_a_new_checkpoint_and_leaves_the_input_alone(samples, tmp_pat
     done = cli("fix", source, "--apply", "random-queries,clamp-output", "--out", tmp_path / "patched.pt")
     assert done.returncode == 0, done.stderr
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
-    done = cli("diagnose", tmp_path / "patched.pt", "--json", tmp_path / "r.json")
+    done = cli("diagnose", tmp_path / "patched.pt", "--checks", "query-coverage", "--json", tmp_path / "r.json")
     assert done.returncode in (0, 1), done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["subject"]["fixes_applied"] == ["random-queries", "clamp-output"]
