@@ -109,7 +109,7 @@ def _torch_load(path: Path, trust: bool) -> Any:
             stacklevel=3,
         )
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False)  # only here, under --trust-checkpoint
         except Exception as error:
             raise InputError(f"{path}: could not load even as a trusted pickle: {type(error).__name__}: {_first_line(error)}") from error
     try:
