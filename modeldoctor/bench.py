@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .fix import apply_fixes
-from .numerics import mse, paired_interval, psnr_db
+from .numerics import mse, paired_interval, psnr_db, trivial_scores
 from .registry import build_subject, load_plugin
 from .results import clean
 from .training import collect_predictions, data_range, evaluate, seed_everything, target_mean, train
@@ -38,18 +38,19 @@ def trivial_baseline(subject) -> dict | None:
 
     psnr_db: predict the training-target mean; mae: the training median; accuracy: the majority class.
     """
-    _, target = collect_predictions(subject)
-    if subject.task.metric == "psnr_db":
+    metric = subject.task.metric
+    if metric not in ("psnr_db", "mae", "accuracy"):
+        return None
+    prediction, target = collect_predictions(subject)
+    if metric == "psnr_db":
         mean = target_mean(subject)
         return {"name": "mean predictor", "value": psnr_db(mse(mean.expand_as(target), target), data_range(subject))}
-    if subject.task.metric == "mae":
-        _, train_target = collect_predictions(subject, batches=itertools.islice(subject.train_batches, 20))
-        return {"name": "median predictor", "value": float((target - train_target.median()).abs().mean())}
-    if subject.task.metric == "accuracy":
-        _, train_target = collect_predictions(subject, batches=itertools.islice(subject.train_batches, 20))
-        majority = torch.mode(train_target).values
-        return {"name": "majority class", "value": float((target == majority).double().mean())}
-    return None
+    _, train_target = collect_predictions(subject, batches=itertools.islice(subject.train_batches, 20))
+    kind = "classification" if subject.task.is_categorical else "regression"
+    scores = trivial_scores(kind, prediction, target, train_target, subject.task.num_classes)
+    if metric == "mae":
+        return {"name": "median predictor", "value": scores["median_mae"]}
+    return {"name": "majority class", "value": scores["majority_accuracy"]}
 
 
 def run_all(runs: list[Run], progress: BenchProgress | None, names: list[str], jobs: int) -> list[tuple[float, list[float]]]:
@@ -64,12 +65,12 @@ def run_all(runs: list[Run], progress: BenchProgress | None, names: list[str], j
         return outcomes
     # spawn, not fork: forking a process that already ran OpenMP code can deadlock.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, run, 1) for run in runs]
+        futures = {pool.submit(_worker, run, 1): (run, name) for run, name in zip(runs, names)}
         for future in as_completed(futures):
-            run = runs[futures.index(future)]
+            run, name = futures[future]
             if progress:
-                progress(names[futures.index(future)], run.seed, run.steps, run.steps)
-        return [future.result() for future in futures]
+                progress(name, run.seed, run.steps, run.steps)
+        return [future.result() for future in futures]  # dicts keep submission order
 
 
 def curve_points(losses: list[float], points: int = 100) -> tuple[list[int], list[float]]:

@@ -51,10 +51,6 @@ Seed = Annotated[int, typer.Option("--seed", help="Base random seed (results are
 Jobs = Annotated[int, typer.Option("--jobs", min=0, help="Training runs in parallel, each in its own process with one thread; 0: one per CPU core.")]
 
 
-class Failure(Exception):
-    """Internal: carries an exit code out of a command."""
-
-
 @contextlib.contextmanager
 def handled(debug: bool, threads: int = 1) -> Iterator[None]:
     """Set up torch threads; turn InputError into one stderr line + exit 2, crashes into exit 3."""

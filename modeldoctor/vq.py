@@ -103,9 +103,9 @@ class VectorQuantizer(nn.Module):
             self.embedding.weight[dead] = latents[rows].to(self.embedding.weight.dtype)
 
     @torch.no_grad()
-    def init_kmeans(self, latents: torch.Tensor, iters: int = 10) -> None:
+    def init_kmeans(self, latents: torch.Tensor, iters: int = 10, generator: torch.Generator | None = None) -> None:
         """k-means initialisation of the codebook from latents (..., D) (SoundStream; `kmeans_init`)."""
-        centres = kmeans(latents.reshape(-1, self.dim), self.num_codes, iters)
+        centres = kmeans(latents.reshape(-1, self.dim), self.num_codes, iters, generator)
         self.embedding.weight.copy_(centres)
 
 

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ..registry import register_subject
 from ..subject import Codec, Head, Recipe, Subject, Task
-from ..vq import PatchTokenizer, ScalarBinning, VectorQuantizer, kmeans
+from ..vq import PatchTokenizer, ScalarBinning, VectorQuantizer
 from . import Sample, register_sample
 
 IMAGE, PATCH, SPECTRUM, SEGMENT, CURVE = 16, 4, 32, 4, 16
@@ -236,7 +236,7 @@ def fit_tokenizer(tokenizer: AstroTokenizer, data: dict, init: str, iters: int, 
             weight.copy_((torch.rand(weight.shape, generator=generator) * 2 - 1) * bound)
             fit_without_restarts(module.quantizer, latents, iters)
         else:
-            weight.copy_(kmeans(latents, module.quantizer.num_codes, iters, generator))
+            module.quantizer.init_kmeans(latents, iters, generator)
 
 
 @register_subject("astro-multimodal")
@@ -251,7 +251,8 @@ def build(config: dict | None = None) -> Subject:
     model.tokenizer.requires_grad_(False)  # the codecs are fitted here; the transformer's loss never trains them
     tokenizer = model.tokenizer
     eval_batches = GalaxyBatches(held_out, cfg["batch_size"], shuffle=False)
-    samples = {key: [batch[key] for batch in eval_batches] for key in held_out}
+    held_out_batches = list(eval_batches)
+    samples = {key: [batch[key] for batch in held_out_batches] for key in held_out}
     codecs = {
         "image": Codec("image", tokenizer.image.encode, tokenizer.image.decode, cfg["codes"], samples["image"],
                        value_range=(0.0, 1.0), module="tokenizer.image"),
