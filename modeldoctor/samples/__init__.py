@@ -43,4 +43,4 @@ def save_sample(name: str, path, **kwargs):
     return subject
 
 
-from . import astro_multimodal, moving_tokens, sparse_field  # noqa: E402,F401  (they register themselves)
+from . import astro_multimodal, crossmodal_retrieval, dreaming_moe, moving_tokens, sparse_field  # noqa: E402,F401  (they register themselves)

@@ -1,0 +1,1 @@
+"""expert-balance (placeholder: being written)."""

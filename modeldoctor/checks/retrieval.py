@@ -1,0 +1,1 @@
+"""retrieval (placeholder: being written)."""

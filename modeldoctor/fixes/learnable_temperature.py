@@ -1,0 +1,1 @@
+"""learnable-temperature (placeholder)."""

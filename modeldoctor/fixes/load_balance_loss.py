@@ -1,0 +1,1 @@
+"""load-balance-loss (placeholder)."""

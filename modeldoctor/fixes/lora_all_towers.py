@@ -1,0 +1,1 @@
+"""lora-all-towers (placeholder)."""

@@ -1,0 +1,1 @@
+"""noisy-top-k (placeholder)."""

@@ -1,0 +1,1 @@
+"""crossmodal-retrieval (placeholder)."""

@@ -1,0 +1,1 @@
+"""dreaming-moe (placeholder)."""
