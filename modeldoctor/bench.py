@@ -3,7 +3,9 @@
 Every arm starts from a fresh initialisation of the checkpoint's subject and config (the
 checkpoint's own recorded fixes included), so the only difference between arms is the fixes.
 Seeds are shared, so comparisons use paired differences and a Student-t 95% interval.
-Schema `modeldoctor.bench/1`: see DESIGN.md; this adds "subject", "trivial" and "curves".
+Schema `modeldoctor.bench/1`: see DESIGN.md; this adds "subject", "trivial", "curves" and, per arm,
+"side_metrics" {name: {"values", "mean"}}: secondary measures of each trained run where the subject
+has what they need (today `routing_entropy`, the mean H(f)/log E of its MoE layers).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from .fix import apply_fixes
 from .numerics import mse, paired_interval, psnr_db, trivial_scores
 from .registry import build_subject, load_plugin
 from .results import clean
+from .routing import mean_routing_entropy
 from .training import collect_predictions, data_range, evaluate, seed_everything, target_mean, train
 
 # (arm name, seed, step, total steps)
@@ -53,7 +56,16 @@ def trivial_baseline(subject) -> dict | None:
     return {"name": "majority class", "value": scores["majority_accuracy"]}
 
 
-def run_all(runs: list[Run], progress: BenchProgress | None, names: list[str], jobs: int) -> list[tuple[float, list[float]]]:
+Outcome = tuple[float, list[float], dict[str, float]]  # task metric, losses, side metrics
+
+
+def side_metrics(subject) -> dict[str, float]:
+    """Secondary measures of a trained subject, where it has what they need."""
+    entropy = mean_routing_entropy(subject)
+    return {} if entropy is None else {"routing_entropy": entropy}
+
+
+def run_all(runs: list[Run], progress: BenchProgress | None, names: list[str], jobs: int) -> list[Outcome]:
     """Outcomes of `runs`, in order: in this process (step-level progress) or in `jobs` workers."""
     if jobs <= 1:
         outcomes = []
@@ -92,15 +104,15 @@ class Run:
     plugins: tuple[str, ...] = ()
 
 
-def train_and_evaluate(run: Run, on_step: Callable[[int, float], None] | None = None) -> tuple[float, list[float]]:
-    """Fresh initialisation under `run.seed`, the fixes, training, then the task metric. Returns (value, losses)."""
+def train_and_evaluate(run: Run, on_step: Callable[[int, float], None] | None = None) -> Outcome:
+    """Fresh initialisation under `run.seed`, the fixes, training, then the task metric and side metrics."""
     seed_everything(run.seed)
     subject = apply_fixes(build_subject(run.subject_name, run.config), list(run.fixes), copy=False)
     log = train(subject, run.steps, on_step=on_step)
-    return evaluate(subject), log.losses
+    return evaluate(subject), log.losses, side_metrics(subject)
 
 
-def _worker(run: Run, threads: int) -> tuple[float, list[float]]:
+def _worker(run: Run, threads: int) -> Outcome:
     """Entry point of a worker process: import the plugins the subject may need, then run."""
     torch.set_num_threads(threads)
     for plugin in run.plugins:
@@ -135,12 +147,14 @@ def run_bench(
     outcomes = run_all(runs, progress, [arm.name for arm in arms for _ in seeds], jobs)
     results, curves = [], {}
     for index, arm in enumerate(arms):
-        values, losses = zip(*outcomes[index * len(seeds) : (index + 1) * len(seeds)])
+        values, losses, sides = zip(*outcomes[index * len(seeds) : (index + 1) * len(seeds)])
         x, _ = curve_points(losses[0])
         curves[arm.name] = {"steps": x, "loss": [curve_points(run)[1] for run in losses]}
         results.append({
             "name": arm.name, "fixes": arm.fixes, "values": list(values),
             "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "side_metrics": {name: {"values": [side[name] for side in sides], "mean": statistics.fmean(side[name] for side in sides)}
+                             for name in sides[0]},
         })
     metric, higher, trivial = probe.task.metric, probe.task.higher_is_better, trivial_baseline(probe)
     baseline = results[0]

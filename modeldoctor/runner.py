@@ -37,6 +37,7 @@ def check_seed(seed: int, slug: str) -> int:
 
 def fix_applies(name: str, subject: Subject) -> bool:
     """Prescribe only fixes that are registered and can act on this subject."""
+    load_plugins()  # the built-in fixes register on first use
     return name in FIXES and FIXES[name]().applicable(subject) is None
 
 

@@ -1,1 +1,161 @@
-"""expert-balance (placeholder: being written)."""
+"""expert-balance: does every mixture-of-experts layer spread its tokens over its experts?"""
+from __future__ import annotations
+
+from ..check import Check, CheckContext
+from ..registry import register_check
+from ..results import Evidence, Figure
+from ..routing import capture_routing, layer_stats, subject_routers
+from ..subject import Subject
+
+SWITCH_ALPHA = 0.01  # the Switch Transformer's auxiliary-loss coefficient, used to report its value
+
+
+@register_check
+class ExpertBalance(Check):
+    """Expert balance: the share of tokens each expert of every MoE layer receives, and its router's health.
+
+    What it checks
+    Finds the routers of a mixture of experts (declared with capability `routers`, or detected
+    from the module structure: a collection of E identical modules next to a module that emits E
+    logits before they run) and records, over evaluation batches in eval mode, each router's
+    logits and how many tokens each expert received. Per layer: the load f_i (share of the
+    dispatched token-expert assignments going to expert i; the observed dispatch when experts see
+    subsets of tokens, else the top-k of the logits), CV(load) = std/mean, the normalized routing
+    entropy H(f)/log E, MaxVio = max_i f_i/(1/E) − 1, dead experts (load below 1% of the fair
+    share 1/E), the Switch balancing loss α·E·Σ f_i·P_i with α = 0.01 (P_i the mean router
+    probability; the ratio to α is 1.0 at uniform routing, E at total collapse), the router
+    z-loss mean(logsumexp²) and the mean per-token routing entropy.
+
+    Why it matters
+    A top-k router trained without balancing pressure tends to send every token to the few experts
+    that won early; the others receive no tokens, get no gradient, and the layer degrades into a
+    small dense one that costs as much as the full MoE. Seed 004's debugging checklist:
+    "Verify load balancing (experts should be used equally)", with the fixes it configures
+    (top-2 gating, gate noise 0.1, balance-loss weight 0.01). Thresholds follow Shazeer et al.
+    (2017, CV), Fedus et al. (2021, Switch loss), Wang et al. (2024, MaxVio).
+
+    Evidence
+    A layers × experts heatmap of load, a bar chart of the worst layer's loads against the fair
+    share, and a table per layer (E, k, CV, entropy, MaxVio, dead experts, Switch loss/α, z-loss,
+    per-token entropy). Metrics `<layer>.<name>` per layer, plus the worst layer's figures.
+
+    Fixes
+    load-balance-loss (the Switch auxiliary loss, α = 0.01) and noisy-top-k (gate noise, std 0.1)
+    when the load collapses or drifts; router-z-loss (1e-3) when the router's logits are large
+    (z-loss above `warn_z_loss`). Perfectly uniform routing can also mean a router that learned
+    nothing: the per-token entropy tells them apart (low per token with high marginal entropy is healthy).
+
+    Options
+    fail_entropy (0.7), warn_entropy (0.9): fail/warn when a layer's H(f)/log E is below this.
+    fail_dead_share (0.25): fail when at least this share of a layer's experts is dead; any dead expert warns.
+    fail_cv (0.5), warn_cv (0.2): fail/warn when CV(load) is above this.
+    fail_max_violation (1.0), warn_max_violation (0.3): fail/warn when MaxVio is above this (1.0: one
+        expert at twice its fair share).
+    warn_z_loss (50.0): warn when the router z-loss is above this (logits of magnitude ≈ 7).
+    max_batches (20): evaluation batches routed.
+    """
+
+    slug = "expert-balance"
+    code = "MD008"
+    severity = "error"
+    title = "Mixture-of-experts load balance"
+    fixes = ("load-balance-loss", "noisy-top-k", "router-z-loss")
+    default_options = {
+        "fail_entropy": 0.7, "warn_entropy": 0.9, "fail_dead_share": 0.25, "fail_cv": 0.5, "warn_cv": 0.2,
+        "fail_max_violation": 1.0, "warn_max_violation": 0.3, "warn_z_loss": 50.0, "max_batches": 20,
+    }
+
+    def requires(self, subject: Subject) -> str | None:
+        if not subject_routers(subject):
+            return ("no mixture-of-experts router found: declare capability `routers`, or keep experts in an "
+                    "nn.ModuleList next to a gate that emits one logit per expert")
+        return None
+
+    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+        routers = subject_routers(subject)
+        records = capture_routing(subject, routers, max_batches=self.options["max_batches"])
+        layers = {record.router.layer: layer_stats(record) for record in records.values()}
+        metrics: dict = {"layers": list(layers), "num_layers": len(layers)}
+        for layer, stats in layers.items():
+            metrics.update({f"{layer}.{name}": value for name, value in stats.items()})
+        worst = min(layers, key=lambda name: layers[name]["entropy"])
+        metrics.update({"worst_layer": worst, **{f"worst_{name}": layers[worst][name] for name in
+                                                 ("entropy", "cv", "max_violation", "dead_share", "z_loss")}})
+        return Evidence(metrics=metrics, figures=self.figures(layers, worst))
+
+    def figures(self, layers: dict[str, dict], worst: str) -> list[Figure]:
+        widest = max(stats["num_experts"] for stats in layers.values())
+        matrix = [stats["loads"] + [None] * (widest - stats["num_experts"]) for stats in layers.values()]  # (layers, E)
+        stats = layers[worst]
+        return [
+            Figure("heatmap", "Load per expert and layer (share of dispatched tokens)", {
+                "matrix": matrix, "yticklabels": list(layers), "xticklabels": [str(i) for i in range(widest)],
+                "xlabel": "expert", "ylabel": "MoE layer", "colorbar": "load", "vmin": 0.0}),
+            Figure("bar", f"Loads of the least balanced layer, {worst}", {
+                "labels": [str(i) for i in range(stats["num_experts"])], "values": stats["loads"],
+                "xlabel": "expert", "ylabel": "share of dispatched tokens",
+                "hlines": [{"y": 1 / stats["num_experts"], "label": "fair share 1/E"}]}),
+            Figure("table", "Routing statistics per MoE layer", {
+                "columns": ["layer", "E", "k", "CV(load)", "H(f)/log E", "MaxVio", "dead experts",
+                            "Switch loss / α", "z-loss", "per-token entropy"],
+                "rows": [[name, s["num_experts"], s["top_k"], s["cv"], s["entropy"], s["max_violation"],
+                          ", ".join(map(str, s["dead_experts"])) or "none", s["switch_balance"], s["z_loss"], s["token_entropy"]]
+                         for name, s in layers.items()]}),
+        ]
+
+    def layer_findings(self, layer: str, m: dict) -> list[tuple[str, str, str]]:
+        """(status, kind, one line) for every threshold one layer crosses, most severe first."""
+        o, p = self.options, (lambda key: m[f"{layer}.{key}"])
+        loads = ", ".join(f"{x:.2f}" for x in p("loads"))
+        said = f"layer `{layer}` loads [{loads}]"
+        found = []
+        if p("dead_share") >= o["fail_dead_share"]:
+            found.append(("fail", "balance", f"{said}: {len(p('dead_experts'))} of {p('num_experts')} experts dead "
+                                             f"({', '.join(map(str, p('dead_experts')))}), entropy {p('entropy'):.2f}"))
+        if p("entropy") < o["fail_entropy"]:
+            found.append(("fail", "balance", f"{said}: routing entropy {p('entropy'):.2f} < {o['fail_entropy']:g}"))
+        if p("cv") > o["fail_cv"]:
+            found.append(("fail", "balance", f"{said}: CV(load) {p('cv'):.2f} > {o['fail_cv']:g}"))
+        if p("max_violation") > o["fail_max_violation"]:
+            found.append(("fail", "balance", f"{said}: MaxVio {p('max_violation'):.2f} > {o['fail_max_violation']:g}"))
+        if p("dead_experts") and p("dead_share") < o["fail_dead_share"]:
+            found.append(("warn", "balance", f"{said}: dead expert(s) {', '.join(map(str, p('dead_experts')))}"))
+        if p("entropy") < o["warn_entropy"]:
+            found.append(("warn", "balance", f"{said}: routing entropy {p('entropy'):.2f} < {o['warn_entropy']:g}"))
+        if p("cv") > o["warn_cv"]:
+            found.append(("warn", "balance", f"{said}: CV(load) {p('cv'):.2f} > {o['warn_cv']:g}"))
+        if p("max_violation") > o["warn_max_violation"]:
+            found.append(("warn", "balance", f"{said}: MaxVio {p('max_violation'):.2f} > {o['warn_max_violation']:g}"))
+        if p("z_loss") > o["warn_z_loss"]:
+            found.append(("warn", "logits", f"layer `{layer}` router z-loss {p('z_loss'):.3g} > {o['warn_z_loss']:g}: "
+                                            "large router logits"))
+        return found
+
+    def findings(self, m: dict) -> list[tuple[str, str, str]]:
+        found = [f for layer in m["layers"] for f in self.layer_findings(layer, m)]
+        return sorted(found, key=lambda f: f[0] != "fail")  # stable: fails first, layer order kept
+
+    def judge(self, evidence: Evidence) -> tuple[str, str]:
+        m = evidence.metrics
+        found = self.findings(m)
+        if not found:
+            return "pass", (f"{m['num_layers']} MoE layer(s) balanced: lowest routing entropy {m['worst_entropy']:.2f} "
+                            f"(`{m['worst_layer']}`), CV {m['worst_cv']:.2f}, no dead experts")
+        status = found[0][0]
+        others = sum(1 for s, _, _ in found if s == status) - 1
+        return status, found[0][2] + (f" (+{others} more)" if others else "")
+
+    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
+        """Balance loss and gate noise for imbalanced loads; the z-loss for large router logits."""
+        kinds = {kind for _, kind, _ in self.findings(evidence.metrics)}
+        return (["load-balance-loss", "noisy-top-k"] if "balance" in kinds else []) + \
+               (["router-z-loss"] if "logits" in kinds else [])
+
+    def advice(self, status: str, evidence: Evidence) -> list[str]:
+        m = evidence.metrics
+        if status == "pass" and min(m[f"{layer}.token_entropy"] for layer in m["layers"]) > 0.95:
+            return ["routing is balanced but nearly uniform for every token: the router may not have learned to specialise"]
+        if status in ("fail", "warn"):
+            return [f"Switch balance loss / α in `{m['worst_layer']}`: "
+                    f"{m[m['worst_layer'] + '.switch_balance']:.2f} (1.0 = uniform, {m[m['worst_layer'] + '.num_experts']} = collapse)"]
+        return []

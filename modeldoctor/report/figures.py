@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["figure_svg", "format_number"]
+__all__ = ["figure_svg", "format_number", "side_metrics_text"]
 
 FIGSIZE = (5.0, 3.0)
 MAX_TICKLABELS = 40
@@ -68,6 +68,12 @@ def format_number(value: Any, digits: int = 4) -> str:
             return "∞" if value > 0 else "−∞"
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def side_metrics_text(arm: dict) -> list[str]:
+    """["routing_entropy 0.99", ...]: an arm's side metrics, by their means."""
+    side = arm.get("side_metrics") or {}
+    return [f"{name} {format_number((value or {}).get('mean'))}" for name, value in side.items()]
 
 
 def plain(text: Any, width: int | None = None) -> str:

@@ -21,7 +21,7 @@ from ..results import counts as count_statuses
 from ..check import DOC_HEADINGS as CHECK_HEADINGS
 from ..fix import DOC_HEADINGS as FIX_HEADINGS
 from ..results import worst_status
-from .figures import figure_svg, format_number
+from .figures import figure_svg, format_number, side_metrics_text
 
 __all__ = ["render_html", "doc_blocks", "format_metric"]
 
@@ -246,6 +246,7 @@ def _bench_view(bench: dict) -> dict:
         "seeds": list(budget.get("seeds") or []),
         "budget_extra": {k: v for k, v in budget.items() if k not in ("steps", "seeds")},
         "arms": [_arm_view(a) for a in arms],
+        "has_side": any(a.get("side_metrics") for a in arms),
         "trivial": ({"name": trivial.get("name") or "trivial baseline",
                      "value": format_number(trivial.get("value"))}
                     if isinstance(trivial, dict) else None),
@@ -261,6 +262,7 @@ def _arm_view(arm: dict) -> dict:
         "fixes": [str(f) for f in arm.get("fixes") or []],
         "values": [format_number(v) for v in arm.get("values") or []],
         "mean_std": _mean_std(arm.get("mean"), arm.get("std")),
+        "side": side_metrics_text(arm),
     }
 
 

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..results import STATUSES
 from ..results import counts as count_statuses
-from .figures import format_number
+from .figures import format_number, side_metrics_text
 
 __all__ = ["print_report", "print_bench", "prescribed_fixes"]
 
@@ -93,10 +93,14 @@ def print_bench(bench: dict, console: Console) -> None:
     arms.add_column("fixes")
     arms.add_column("per seed")
     arms.add_column(f"{metric} mean ± std", justify="right")
+    has_side = any(arm.get("side_metrics") for arm in bench.get("arms") or [])
+    if has_side:
+        arms.add_column("side metrics (mean)")
     for arm in bench.get("arms") or []:
         arms.add_row(Text(str(arm.get("name"))), Text(", ".join(map(str, arm.get("fixes") or [])) or "—"),
                      Text(", ".join(format_number(v) for v in arm.get("values") or [])),
-                     f"{format_number(arm.get('mean'))} ± {format_number(arm.get('std'))}")
+                     f"{format_number(arm.get('mean'))} ± {format_number(arm.get('std'))}",
+                     *([Text(", ".join(side_metrics_text(arm)))] if has_side else []))
     console.print(arms)
     trivial = bench.get("trivial")
     if isinstance(trivial, dict):
