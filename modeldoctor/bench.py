@@ -23,6 +23,7 @@ from .fix import apply_fixes
 from .numerics import mse, paired_interval, psnr_db, trivial_scores
 from .registry import build_subject, load_plugin
 from .results import clean
+from .retrieval import chance_baseline
 from .routing import mean_routing_entropy
 from .training import collect_predictions, data_range, evaluate, seed_everything, target_mean, train
 
@@ -39,8 +40,11 @@ class Arm:
 def trivial_baseline(subject) -> dict | None:
     """The task metric of the trivial predictor, where defined.
 
-    psnr_db: predict the training-target mean; mae: the training median; accuracy: the majority class.
+    psnr_db: predict the training-target mean; mae: the training median; accuracy: the majority class;
+    retrieval: chance (random ranking).
     """
+    if subject.task.kind == "retrieval":
+        return chance_baseline(subject)
     metric = subject.task.metric
     if metric not in ("psnr_db", "mae", "accuracy"):
         return None

@@ -254,8 +254,12 @@ def module_update_ratios(trace: GradTrace) -> dict[str, float | None]:
         return {k: median_finite(deltas[k] / weights[k]) for k in deltas}
 
 
-def group_summary(trace: GradTrace, groups: dict[str, list[str]], all_names: list[str]) -> dict:
-    """Per declared group: median gradient norm and update ratio; frozen, dead and empty groups."""
+def group_summary(trace: GradTrace, groups: dict[str, list[str]], all_names: list[str], starved_ratio: float = 1e-3) -> dict:
+    """Per declared group: median gradient norm and update ratio; frozen, dead, starved and empty groups.
+
+    A trainable group is starved when its median gradient norm is below `starved_ratio` × the largest
+    group median (dead groups, which get no gradient at all, are listed as dead only).
+    """
     ok = np.isfinite(trace.norms).all(axis=1)
     dead, norms, ratios, frozen, dead_groups, empty = set(trace.dead()), {}, {}, [], [], []
     for group, prefixes in groups.items():
@@ -271,8 +275,10 @@ def group_summary(trace: GradTrace, groups: dict[str, list[str]], all_names: lis
             ratios[group] = median_finite(delta / weight) if delta is not None else None
         if all(n in dead for n in members):
             dead_groups.append(group)
+    largest = max((v for v in norms.values() if v is not None), default=None)
+    starved = [g for g, v in norms.items() if largest and g not in dead_groups and v is not None and v < starved_ratio * largest]
     return {"group_grad_norms": norms, "group_update_ratios": ratios, "frozen_groups": frozen,
-            "dead_groups": dead_groups, "empty_groups": empty}
+            "dead_groups": dead_groups, "starved_groups": starved, "empty_groups": empty}
 
 
 # ----------------------------------------------------------------------------- non-finite probes

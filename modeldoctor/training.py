@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import BudgetExceeded
 from .numerics import accuracy, mse, psnr_db
+from .retrieval import evaluate_retrieval
 from .subject import Batch, Head, Recipe, Subject
 
 
@@ -187,6 +188,8 @@ def data_range(subject: Subject) -> float:
 
 def evaluate(subject: Subject, model: nn.Module | None = None) -> float:
     """The subject's task metric on its evaluation batches."""
+    if subject.task.kind == "retrieval":  # recall@K or map over every direction, from the `embed` capability
+        return evaluate_retrieval(subject, model)
     prediction, target = collect_predictions(subject, model=model)
     metric = subject.task.metric
     if metric == "psnr_db":

@@ -24,7 +24,9 @@ class GradNorms(Check):
     hooks); on exploding gradients (median global norm above a threshold, a steady rise, or
     AUTOTRAINER's first/last-layer rate r > 70); on vanishing gradients (r < 1e-3 and first-layer
     norm < 1e-4 while the loss is not falling); on parameters that never receive a nonzero gradient;
-    on a declared group that is frozen or starved; and on update ratios far from ~1e-3.
+    on a declared group that is frozen or gets no gradient; and on update ratios far from ~1e-3.
+    It warns on a starved group: trainable, but its median gradient norm is below `starved_ratio`
+    × that of the group with the largest median (a tower the loss barely reaches).
 
     Why it matters
     A model can train without errors while most of it never learns: a tower behind `.detach()`,
@@ -38,7 +40,9 @@ class GradNorms(Check):
     A modules × steps heatmap of log10 gradient norm, the global norm and the loss per step, and a
     table of modules ranked by median gradient norm (with their update ratios). Metrics: global
     norm median/max and growth, first/last-layer rate r, loss drop, median update ratio, dead
-    parameters and modules, where a non-finite value first appears, and per-group norms.
+    parameters and modules, where a non-finite value first appears, and per-group norms
+    (`group_grad_norms`, `frozen_groups`, `dead_groups`, `starved_groups`), drawn as bars of
+    log10 median gradient norm per declared group.
 
     Fixes
     grad-clip, warmup-cosine and pre-ln (post-LN transformers) for exploding or non-finite
@@ -57,6 +61,8 @@ class GradNorms(Check):
     loss_drop_gate (0.1): vanishing is declared only when the loss fell by less than this fraction.
     max_dead_params (0): fail when more parameters than this never get a nonzero gradient.
     fail_frozen_groups (True): fail when a declared param group has no trainable parameter.
+    starved_ratio (1e-3): warn when a trainable group's median gradient norm is below this ×
+    the largest group median.
     update_ratio_fail_below (1e-5), update_ratio_fail_above (0.1), update_ratio_warn_below (1e-4),
     update_ratio_warn_above (0.01): bands for the median update ratio of ≥2-D weights.
     heatmap_modules (60), table_rows (30): size limits of the figures.
@@ -70,7 +76,7 @@ class GradNorms(Check):
     default_options = {
         "steps": 30, "max_global_norm": 10.0, "growth_rho": 0.8, "growth_factor": 10.0,
         "max_grad_rate": 70.0, "min_grad_rate": 1e-3, "min_first_norm": 1e-4, "loss_drop_gate": 0.1,
-        "max_dead_params": 0, "fail_frozen_groups": True,
+        "max_dead_params": 0, "fail_frozen_groups": True, "starved_ratio": 1e-3,
         "update_ratio_fail_below": 1e-5, "update_ratio_fail_above": 0.1,
         "update_ratio_warn_below": 1e-4, "update_ratio_warn_above": 0.01,
         "heatmap_modules": 60, "table_rows": 30,
@@ -89,8 +95,21 @@ class GradNorms(Check):
         metrics, table = summarize(trace)
         groups = subject.capabilities.get("param_groups") or {}
         if groups:
-            metrics.update(group_summary(trace, groups, [n for n, _ in model.named_parameters()]))
-        return Evidence(metrics=metrics, figures=self.figures(trace, table))
+            metrics.update(group_summary(trace, groups, [n for n, _ in model.named_parameters()], self.options["starved_ratio"]))
+        figures = self.figures(trace, table) + ([self.group_figure(groups, metrics)] if groups else [])
+        return Evidence(metrics=metrics, figures=figures)
+
+    def group_figure(self, groups: dict, m: dict) -> Figure:
+        """log10 median gradient norm per declared group, with the starved line; frozen groups show as n/a."""
+        norms = [m["group_grad_norms"].get(g) for g in groups]
+        largest = max((v for v in norms if v), default=None)
+        ratio = self.options["starved_ratio"]
+        return Figure("bar", "Gradient norm per parameter group", {
+            "labels": [f"{g} (frozen)" if g in m["frozen_groups"] else g for g in groups],
+            "values": [float(np.log10(v)) if v else None for v in norms],
+            "ylabel": "log10 median ‖grad‖", "xlabel": "declared parameter group",
+            "hlines": [{"y": float(np.log10(largest * ratio)), "label": f"starved: below {ratio:g} × largest"}]
+            if largest and ratio > 0 else []})
 
     def figures(self, trace: GradTrace, table: list[list]) -> list[Figure]:
         modules = trace.module_norms()  # {module: (K,)}
@@ -139,6 +158,11 @@ class GradNorms(Check):
             found.append(("fail", "dead", f"declared group '{group}' is frozen: none of its parameters is trainable"))
         for group in m.get("dead_groups") or []:
             found.append(("fail", "dead", f"declared group '{group}' gets no gradient in {m['steps']} steps"))
+        norms = m.get("group_grad_norms") or {}
+        for group in m.get("starved_groups") or []:
+            top = max(norms, key=lambda g: norms[g] or 0)
+            found.append(("warn", "starved", f"declared group '{group}' is starved: median gradient norm {norms[group]:.2g}, "
+                                             f"{norms[group] / norms[top]:.2g}× that of '{top}' ({norms[top]:.2g})"))
         if m["dead_param_count"] > o["max_dead_params"]:
             why = " (never reached by backward: a `.detach()` or an unused branch?)" if m["never_in_graph"] else ""
             found.append(("fail", "dead", f"{m['dead_param_count']} parameters never received a nonzero gradient in "

@@ -9,7 +9,7 @@ from ..numerics import accuracy, mse, psnr_db
 from ..registry import register_check
 from ..results import Evidence, Figure
 from ..subject import Subject
-from ..training import collect_predictions, data_range, train
+from ..training import StopTraining, TrainMonitor, collect_predictions, data_range, train
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -42,6 +42,25 @@ ADVICE = [
 ]
 
 
+class StopWhenMemorised(TrainMonitor):
+    """Every `every` steps, scores the batch as the check would; ends training once it passes."""
+
+    def __init__(self, check: "OverfitBatch", subject: Subject, batch, every: int):
+        self.check, self.subject, self.batch, self.every = check, subject, batch, every
+        self.initial_loss: float | None = None
+        self.passed: dict | None = None  # the metrics that passed, measured before that step's update
+
+    def after_backward(self, step: int, loss: torch.Tensor, model: nn.Module) -> bool:
+        if self.initial_loss is None:
+            self.initial_loss = float(loss.detach())
+        if self.every and step and step % self.every == 0:
+            metrics = self.check.batch_metrics(self.subject, self.batch, self.initial_loss, float(loss.detach()), step)
+            if self.check.judge(Evidence(metrics=metrics))[0] == "pass":
+                self.passed = metrics
+                raise StopTraining
+        return True
+
+
 @register_check
 class OverfitBatch(Check):
     """Single-batch overfit: can a copy of the model memorise one fixed training batch?
@@ -71,7 +90,8 @@ class OverfitBatch(Check):
     the loss, the labels and `requires_grad`, or sweep the learning rate (lr-range).
 
     Options
-    steps (300): training steps on the batch (HF's TrainingTesterMixin uses 300).
+    steps (300): at most this many training steps on the batch (HF's TrainingTesterMixin uses 300).
+    check_every (25): score the batch every this many steps and stop as soon as it passes (0: never).
     lr (None): learning rate; None uses the subject's recipe.
     pass_loss_drop (0.95), warn_loss_drop (0.80): fraction the loss must fall (HF mixin: 95%).
     pass_psnr_db (35), warn_psnr_db (25): PSNR thresholds for regression in a known range.
@@ -85,7 +105,7 @@ class OverfitBatch(Check):
     title = "Single-batch overfit"
     fixes = ("scale-up",)
     default_options = {
-        "steps": 300, "lr": None, "pass_loss_drop": 0.95, "warn_loss_drop": 0.80,
+        "steps": 300, "check_every": 25, "lr": None, "pass_loss_drop": 0.95, "warn_loss_drop": 0.80,
         "pass_psnr_db": 35.0, "warn_psnr_db": 25.0, "pass_accuracy": 1.0, "warn_accuracy": 0.9,
     }
 
@@ -93,14 +113,19 @@ class OverfitBatch(Check):
         batch = next(iter(subject.train_batches))  # frozen: the same object every step
         disable_dropout(subject.model)
         subject.loss = frozen_randomness(subject.loss, ctx.seed)
-        log = train(subject, self.options["steps"], batches=[batch], lr=self.options["lr"], deadline=ctx.deadline)
-        initial, final = log.losses[0], log.losses[-1]
-        metrics = {
-            "initial_loss": initial,
-            "final_loss": final,
-            "loss_drop": 1.0 - final / initial if initial > 0 else 0.0,
-            "steps": len(log.losses),
-        }
+        stop = StopWhenMemorised(self, subject, batch, self.options["check_every"])
+        log = train(subject, self.options["steps"], batches=[batch], lr=self.options["lr"], deadline=ctx.deadline, monitor=stop)
+        metrics = stop.passed or self.batch_metrics(subject, batch, log.losses[0], log.losses[-1], len(log.losses))
+        curve = Figure("line", "Loss on the frozen batch", {
+            "series": [{"name": "loss", "x": list(range(len(log.losses))), "y": log.losses}],
+            "xlabel": "step", "ylabel": "loss", "logy": min(log.losses) > 0,
+        })
+        return Evidence(metrics=metrics, figures=[curve])
+
+    def batch_metrics(self, subject: Subject, batch, initial: float, final: float, steps: int) -> dict:
+        """Loss drop and, by task, PSNR or accuracy on the memorised batch."""
+        metrics = {"initial_loss": initial, "final_loss": final, "loss_drop": 1.0 - final / initial if initial > 0 else 0.0,
+                   "steps": steps}
         task = subject.task
         if (task.kind == "regression" and task.value_range is not None) or task.is_categorical:
             prediction, target = collect_predictions(subject, batches=[batch])
@@ -108,11 +133,7 @@ class OverfitBatch(Check):
                 metrics["accuracy"] = accuracy(prediction, target)
             else:
                 metrics["psnr_db"] = psnr_db(mse(prediction, target), data_range(subject))
-        curve = Figure("line", "Loss on the frozen batch", {
-            "series": [{"name": "loss", "x": list(range(len(log.losses))), "y": log.losses}],
-            "xlabel": "step", "ylabel": "loss", "logy": min(log.losses) > 0,
-        })
-        return Evidence(metrics=metrics, figures=[curve])
+        return metrics
 
     def judge(self, evidence: Evidence) -> tuple[str, str]:
         m, o = evidence.metrics, self.options

@@ -274,6 +274,11 @@ def build(config: dict | None = None) -> Subject:
         config=cfg,
         codecs=codecs,
         heads={"redshift": Head("regression", predict_redshift), "spectrum": Head("signal", predict_spectrum)},
+        capabilities={
+            # attention checks: the observed modalities that predict() feeds (it hides the scalar tokens)
+            "token_modalities": lambda batch: {name: modality_mask(1, [name])[0] for name in ("image", "spectrum", "curve")},
+            "embedding_layer": "embed",
+        },
         description="masked multimodal transformer over galaxy tokens; "
         + ("collapsed image and spectrum codebooks, constant LR" if cfg["codebook_init"] == "collapsed"
            else "k-means codebooks, warmup + cosine"),

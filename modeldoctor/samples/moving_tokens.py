@@ -178,6 +178,12 @@ def build(config: dict | None = None) -> Subject:
             with_targets=lambda batch, targets: {**batch, "targets": targets},
             per_position_loss=per_position_loss,
         ),
+        capabilities={
+            # attention checks: the keys of each context frame (the future frame is all [MASK] in the input)
+            "token_modalities": lambda batch: {f"frame {t}": torch.arange(batch["input"].shape[1]) // (GRID * GRID) == t
+                                               for t in range(cfg["n_frames"] - 1)},
+            "embedding_layer": "embed",
+        },
         description="token video predictor; the loss counts visible positions, constant LR, post-LN"
         if cfg["loss_on"] == "all"
         else "token video predictor; masked-only loss, warmup + cosine, pre-LN",
