@@ -36,8 +36,9 @@ def test_healthy_twin_passes(trained_sample, tmp_path):
 
 
 def test_bench_of_the_prescribed_fixes_improves_future_frame_accuracy(trained_sample, tmp_path):
+    # 700 of the recipe's 1000 steps keep the suite short; measured: 0.876 -> 0.976, interval [0.060, 0.141]
     done = cli("bench", trained_sample("moving-tokens", "failing"), "--fix", "masked-loss,warmup-cosine,pre-ln",
-               "--seeds", 3, "--json", tmp_path / "b.json")
+               "--seeds", 3, "--steps", 700, "--json", tmp_path / "b.json")
     assert done.returncode == 0, done.stderr
     bench = json.loads((tmp_path / "b.json").read_text())
     assert bench["metric"] == "accuracy"

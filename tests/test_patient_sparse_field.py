@@ -45,8 +45,9 @@ def test_healthy_sample_passes(samples, tmp_path):
 
 
 def test_bench_of_the_prescribed_fixes_gains_at_least_10_db(samples, tmp_path):
+    # 600 of the recipe's 1000 steps keep the suite short; measured: 9.85 -> 22.7 dB, interval [10.9, 14.9]
     done = cli("bench", samples["failing"], "--fix", "random-queries,clamp-output,learnable-fourier", "--seeds", 3,
-               "--json", tmp_path / "b.json", "--html", tmp_path / "b.html")
+               "--steps", 600, "--json", tmp_path / "b.json", "--html", tmp_path / "b.html")
     assert done.returncode == 0, done.stderr
     bench = json.loads((tmp_path / "b.json").read_text())
     assert bench["schema"] == "modeldoctor.bench/1" and bench["budget"]["seeds"] == [0, 1, 2]
