@@ -156,6 +156,13 @@ class ExpertBalance(Check):
         if status == "pass" and min(m[f"{layer}.token_entropy"] for layer in m["layers"]) > 0.95:
             return ["routing is balanced but nearly uniform for every token: the router may not have learned to specialise"]
         if status in ("fail", "warn"):
-            return [f"Switch balance loss / α in `{m['worst_layer']}`: "
-                    f"{m[m['worst_layer'] + '.switch_balance']:.2f} (1.0 = uniform, {m[m['worst_layer'] + '.num_experts']} = collapse)"]
+            worst = m["worst_layer"]
+            switch, flat = m[f"{worst}.switch_balance"], m[f"{worst}.token_entropy"]
+            lines = [f"Switch balance loss / α in `{worst}`: {switch:.2f} (1.0 at uniform routing, "
+                     f"{m[worst + '.num_experts']} at total collapse)"]
+            if switch < 1.5 and flat > 0.9 and m["worst_entropy"] < self.options["warn_entropy"]:
+                lines.append(f"the loss is low although the loads collapsed: the router's probabilities are nearly flat "
+                             f"(per-token entropy {flat:.2f}) and top-k breaks near-ties the same way for every token; "
+                             "gate noise breaks the ties, and the balance loss then has loads to act on")
+            return lines
         return []
