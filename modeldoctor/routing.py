@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -300,8 +300,19 @@ def mean_routing_entropy(subject: Subject, model: nn.Module | None = None, max_b
     return sum(normalized_entropy(r.loads()) for r in records.values()) / len(records)
 
 
-@contextlib.contextmanager
-def differentiable_routing(model: nn.Module, routers: list[Router]) -> Iterator[RoutingCapture]:
-    """Capture that keeps the graph, for auxiliary losses computed inside the training loss."""
-    with RoutingCapture(model, routers, detach=False) as capture:
-        yield capture
+class RouterPenaltyLoss:
+    """loss(model, batch) = task loss + coefficient · Σ_layers penalty(record).
+
+    The routers' logits are captured, graph kept, during the subject's own forward, so an auxiliary
+    router loss needs no change to the model's code.
+    """
+
+    def __init__(self, loss: Callable, routers: list[Router], coefficient: float,
+                 penalty: Callable[[RouterRecord], torch.Tensor]):
+        self.loss, self.routers, self.coefficient, self.penalty = loss, routers, coefficient, penalty
+
+    def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        with RoutingCapture(model, self.routers, detach=False) as capture:
+            loss = self.loss(model, batch)
+        terms = [self.penalty(record) for record in capture.records.values() if record.logits]
+        return loss + self.coefficient * torch.stack(terms).sum() if terms else loss

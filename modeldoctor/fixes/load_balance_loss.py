@@ -2,28 +2,18 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..fix import Fix
 from ..registry import register_fix
-from ..routing import Router, differentiable_routing, subject_routers, switch_balance
-from ..subject import Batch, LossFn, Subject
+from ..routing import RouterPenaltyLoss, RouterRecord, subject_routers, switch_balance
+from ..subject import Subject
 
 ALPHA = 0.01
 
 
-class BalancedLoss:
-    """loss(model, batch) = task loss + α · Σ_layers E·Σ_i f_i·P_i, from the routers' captured logits."""
-
-    def __init__(self, loss: LossFn, routers: list[Router], alpha: float = ALPHA):
-        self.loss, self.routers, self.alpha = loss, routers, alpha
-
-    def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        with differentiable_routing(model, self.routers) as capture:
-            loss = self.loss(model, batch)
-        aux = [switch_balance(record.loads(), torch.cat(record.logits).softmax(-1))
-               for record in capture.records.values() if record.logits]
-        return loss + self.alpha * torch.stack(aux).sum() if aux else loss
+def switch_penalty(record: RouterRecord) -> torch.Tensor:
+    """E·Σ_i f_i·P_i of one router over the batch: f counted from the dispatch, P differentiable."""
+    return switch_balance(record.loads(), torch.cat(record.logits).softmax(-1))
 
 
 @register_fix
@@ -60,4 +50,4 @@ class LoadBalanceLoss(Fix):
         return None if subject_routers(subject) else "no mixture-of-experts router found (see `expert-balance`)"
 
     def apply(self, subject: Subject) -> None:
-        subject.loss = BalancedLoss(subject.loss, subject_routers(subject))
+        subject.loss = RouterPenaltyLoss(subject.loss, subject_routers(subject), ALPHA, switch_penalty)

@@ -2,27 +2,18 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..fix import Fix
 from ..registry import register_fix
-from ..routing import Router, differentiable_routing, subject_routers, z_loss
-from ..subject import Batch, LossFn, Subject
+from ..routing import RouterPenaltyLoss, RouterRecord, subject_routers, z_loss
+from ..subject import Subject
 
 COEFFICIENT = 1e-3
 
 
-class ZLossObjective:
-    """loss(model, batch) = task loss + c · Σ_layers mean_tokens(logsumexp(router logits)²)."""
-
-    def __init__(self, loss: LossFn, routers: list[Router], coefficient: float = COEFFICIENT):
-        self.loss, self.routers, self.coefficient = loss, routers, coefficient
-
-    def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        with differentiable_routing(model, self.routers) as capture:
-            loss = self.loss(model, batch)
-        penalties = [z_loss(torch.cat(record.logits)) for record in capture.records.values() if record.logits]
-        return loss + self.coefficient * torch.stack(penalties).sum() if penalties else loss
+def z_penalty(record: RouterRecord) -> torch.Tensor:
+    """Mean over the batch's tokens of logsumexp(router logits)²."""
+    return z_loss(torch.cat(record.logits))
 
 
 @register_fix
@@ -57,4 +48,4 @@ class RouterZLoss(Fix):
         return None if subject_routers(subject) else "no mixture-of-experts router found (see `expert-balance`)"
 
     def apply(self, subject: Subject) -> None:
-        subject.loss = ZLossObjective(subject.loss, subject_routers(subject))
+        subject.loss = RouterPenaltyLoss(subject.loss, subject_routers(subject), COEFFICIENT, z_penalty)
