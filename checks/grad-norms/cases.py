@@ -46,14 +46,14 @@ class LogFeatureModel(nn.Module):
 class TwoTowers(nn.Module):
     """Two towers read the two halves of the input; a head mixes their embeddings."""
 
-    def __init__(self, detach_b: bool = False):
+    def __init__(self, detach_b: bool = False, scale_b: float = 1.0):
         super().__init__()
         self.tower_a, self.tower_b = mlp([4, 32, 16]), mlp([4, 32, 16])
         self.head = nn.Linear(32, 1)
-        self.detach_b = detach_b
+        self.detach_b, self.scale_b = detach_b, scale_b
 
     def forward(self, x):  # (B, 8) -> (B, 1)
-        b = self.tower_b(x[:, 4:])
+        b = self.tower_b(x[:, 4:]) * self.scale_b
         return self.head(torch.cat([self.tower_a(x[:, :4]), b.detach() if self.detach_b else b], dim=-1))
 
 
@@ -111,3 +111,9 @@ def case_frozen_text_group():
     model = TwoTowers()
     model.tower_b.requires_grad_(False)
     return subject(model, capabilities={"param_groups": GROUPS})
+
+
+def case_starved_text_group():
+    """A tower the loss barely reaches: its embedding enters the head scaled by a constant 1e-5."""
+    torch.manual_seed(0)
+    return subject(TwoTowers(scale_b=1e-5), capabilities={"param_groups": GROUPS})
