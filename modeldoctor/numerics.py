@@ -82,6 +82,13 @@ def trivial_scores(kind: str, prediction: torch.Tensor, target: torch.Tensor, tr
             "correlation": pearson(prediction, target)}
 
 
+def entropy(counts: torch.Tensor) -> float:
+    """H = -Σ p_k ln p_k (nats) of the distribution p_k = n_k/Σn over counts or shares (K,); 0·ln 0 = 0."""
+    p = counts[counts > 0].double()
+    p = p / p.sum()
+    return float(-(p * p.log()).sum())
+
+
 def code_usage(counts: torch.Tensor) -> dict[str, float]:
     """Codebook statistics from hit counts n_k (K,) accumulated over all samples.
 
@@ -89,8 +96,7 @@ def code_usage(counts: torch.Tensor) -> dict[str, float]:
     usage_ceiling = 1 - (1 - 1/K)^N, the usage N tokens drawn uniformly would reach on average.
     """
     k, total = len(counts), int(counts.sum())
-    p = counts[counts > 0].double() / max(total, 1)
-    perplexity = math.exp(float(-(p * p.log()).sum()))
+    perplexity = math.exp(entropy(counts)) if total else 1.0
     used = int((counts > 0).sum())
     return {"num_codes": k, "tokens": total, "codes_used": used, "usage": used / k,
             "usage_ceiling": 1.0 - (1.0 - 1.0 / k) ** total, "perplexity": perplexity,

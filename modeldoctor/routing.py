@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .numerics import entropy
 from .subject import Batch, Subject
 
 DEAD_LOAD = 0.01  # an expert is dead when its load is below this share of the fair load 1/E
@@ -114,6 +115,10 @@ def find_routers(model: nn.Module, batch: Batch, forward) -> list[Router]:
     return routers
 
 
+NO_ROUTERS = ("no mixture-of-experts router found: declare capability `routers`, or keep experts in an "
+              "nn.ModuleList next to a gate that emits one logit per expert")
+
+
 def declared_routers(subject: Subject) -> list[Router] | None:
     specs = subject.capabilities.get("routers")
     if specs is None:
@@ -192,7 +197,6 @@ class RoutingCapture(contextlib.AbstractContextManager):
         self.model, self.detach = model, detach
         self.records = {r.gate: RouterRecord(r) for r in routers}
         self._handles: list = []
-        self._counts: dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> "RoutingCapture":
         modules = dict(self.model.named_modules())
@@ -222,11 +226,6 @@ class RoutingCapture(contextlib.AbstractContextManager):
                 x = inputs[0]
                 record.dispatched[-1][index] += x.shape[:-1].numel() if x.dim() > 1 else 1
         return hook
-
-    def clear(self) -> None:
-        for record in self.records.values():
-            record.logits.clear()
-            record.dispatched.clear()
 
 
 def capture_routing(subject: Subject, routers: list[Router], model: nn.Module | None = None,
@@ -264,9 +263,7 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 def normalized_entropy(shares: torch.Tensor) -> float:
     """H(p)/log E of a distribution over E ≥ 2 outcomes (1 = uniform, 0 = one outcome)."""
-    p = shares.double() / shares.double().sum().clamp(min=1e-30)
-    h = -(p[p > 0] * p[p > 0].log()).sum()
-    return max(0.0, float(h / math.log(len(p)))) if len(p) > 1 else 1.0
+    return max(0.0, entropy(shares) / math.log(len(shares))) if len(shares) > 1 else 1.0
 
 
 def layer_stats(record: RouterRecord) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..check import Check, CheckContext
 from ..registry import register_check
 from ..results import Evidence, Figure
-from ..routing import capture_routing, layer_stats, subject_routers
+from ..routing import NO_ROUTERS, capture_routing, layer_stats, subject_routers
 from ..subject import Subject
 
 SWITCH_ALPHA = 0.01  # the Switch Transformer's auxiliary-loss coefficient, used to report its value
@@ -66,10 +66,7 @@ class ExpertBalance(Check):
     }
 
     def requires(self, subject: Subject) -> str | None:
-        if not subject_routers(subject):
-            return ("no mixture-of-experts router found: declare capability `routers`, or keep experts in an "
-                    "nn.ModuleList next to a gate that emits one logit per expert")
-        return None
+        return None if subject_routers(subject) else NO_ROUTERS
 
     def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
         routers = subject_routers(subject)

@@ -5,7 +5,7 @@ import torch
 
 from ..fix import Fix
 from ..registry import register_fix
-from ..routing import RouterPenaltyLoss, RouterRecord, subject_routers, switch_balance
+from ..routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, switch_balance
 from ..subject import Subject
 
 ALPHA = 0.01
@@ -47,7 +47,7 @@ class LoadBalanceLoss(Fix):
     seed = "004"
 
     def applicable(self, subject: Subject) -> str | None:
-        return None if subject_routers(subject) else "no mixture-of-experts router found (see `expert-balance`)"
+        return None if subject_routers(subject) else NO_ROUTERS
 
     def apply(self, subject: Subject) -> None:
         subject.loss = RouterPenaltyLoss(subject.loss, subject_routers(subject), ALPHA, switch_penalty)

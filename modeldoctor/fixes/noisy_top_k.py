@@ -6,7 +6,7 @@ from torch import nn
 
 from ..fix import Fix
 from ..registry import register_fix
-from ..routing import subject_routers
+from ..routing import NO_ROUTERS, subject_routers
 from ..subject import Subject
 
 NOISE_STD = 0.1
@@ -57,7 +57,7 @@ class NoisyTopK(Fix):
     seed = "004"
 
     def applicable(self, subject: Subject) -> str | None:
-        return None if subject_routers(subject) else "no mixture-of-experts router found (see `expert-balance`)"
+        return None if subject_routers(subject) else NO_ROUTERS
 
     def apply(self, subject: Subject) -> None:
         modules = dict(subject.model.named_modules())

@@ -5,7 +5,7 @@ import torch
 
 from ..fix import Fix
 from ..registry import register_fix
-from ..routing import RouterPenaltyLoss, RouterRecord, subject_routers, z_loss
+from ..routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, z_loss
 from ..subject import Subject
 
 COEFFICIENT = 1e-3
@@ -45,7 +45,7 @@ class RouterZLoss(Fix):
     seed = "004"
 
     def applicable(self, subject: Subject) -> str | None:
-        return None if subject_routers(subject) else "no mixture-of-experts router found (see `expert-balance`)"
+        return None if subject_routers(subject) else NO_ROUTERS
 
     def apply(self, subject: Subject) -> None:
         subject.loss = RouterPenaltyLoss(subject.loss, subject_routers(subject), COEFFICIENT, z_penalty)
