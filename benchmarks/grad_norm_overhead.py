@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import modeldoctor  # noqa: E402
-from modeldoctor.gradtrace import GradTracer  # noqa: E402
+from modeldoctor.probes.gradtrace import GradTracer  # noqa: E402
 
 
 def sparse_field() -> modeldoctor.Subject:

@@ -8,17 +8,17 @@ import os
 # Passive waiting must be chosen before torch loads its OpenMP runtime; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from .core.version import __version__  # noqa: E402
 
-from .check import Check, CheckContext  # noqa: E402
-from .checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from .errors import BudgetExceeded, InputError  # noqa: E402
-from .fix import Fix, apply_fixes  # noqa: E402
-from .registry import build_subject, load_plugin, register_check, register_fix, register_subject  # noqa: E402
-from .results import CheckResult, Evidence, Figure  # noqa: E402
-from .runner import build_report, run_battery, run_check  # noqa: E402
-from .subject import Codec, Head, MappedBatches, MaskSpec, QuerySpace, Recipe, Subject, Task, TensorBatches, regression_subject  # noqa: E402
-from .training import StopTraining, TrainMonitor, evaluate, seed_everything, train  # noqa: E402
+from .core.check import Check, CheckContext  # noqa: E402
+from .engine.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from .core.errors import BudgetExceeded, InputError  # noqa: E402
+from .core.fix import Fix, apply_fixes  # noqa: E402
+from .core.registry import build_subject, load_plugin, register_check, register_fix, register_subject  # noqa: E402
+from .core.results import CheckResult, Evidence, Figure  # noqa: E402
+from .engine.runner import build_report, run_battery, run_check  # noqa: E402
+from .core.subject import Codec, Head, MappedBatches, MaskSpec, QuerySpace, Recipe, Subject, Task, TensorBatches, regression_subject  # noqa: E402
+from .probes.training import StopTraining, TrainMonitor, evaluate, seed_everything, train  # noqa: E402
 
 __all__ = [
     "BudgetExceeded", "Check", "Codec", "Head", "CheckContext", "CheckResult", "Evidence", "Figure", "Fix", "InputError",

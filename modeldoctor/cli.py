@@ -25,7 +25,7 @@ try:  # Typer >= 0.20 vendors click; older releases use click itself
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
-from .errors import InputError
+from .core.errors import InputError
 
 app = typer.Typer(
     name="modeldoctor",
@@ -75,8 +75,8 @@ def handled(debug: bool, threads: int = 1) -> Iterator[None]:
 
 
 def load(path: Path, subject: str | None, config: Path | None, plugins: list[str] | None, trust: bool):
-    from .checkpoint import load_checkpoint, read_config_file
-    from .registry import load_plugin, load_plugins
+    from .engine.checkpoint import load_checkpoint, read_config_file
+    from .core.registry import load_plugin, load_plugins
 
     load_plugins()
     for plugin in plugins or []:
@@ -99,7 +99,7 @@ def guard_output(output: Path | None, *inputs: Path) -> None:
 
 
 def write_outputs(json_path: Path | None, html_path: Path | None, report: dict | None, bench: dict | None) -> None:
-    from .files import atomic_write_text, write_json
+    from .engine.files import atomic_write_text, write_json
     from .report import render_html
     from .report.docs import docs_for
 
@@ -122,7 +122,7 @@ def bar_progress(spinner: bool = False) -> Progress:
 
 
 def run_diagnosis(loaded, checks: list[str] | None, seed: int, budget: float) -> dict:
-    from .runner import build_report, run_battery, select_checks, subject_info
+    from .engine.runner import build_report, run_battery, select_checks, subject_info
 
     selected = select_checks(checks)
     with bar_progress(spinner=True) as progress:
@@ -171,7 +171,7 @@ def diagnose(
         if str(json_path) != "-":
             print_report(report, out)
         write_outputs(json_path, html_path, report, None)
-        from .results import reaches
+        from .core.results import reaches
 
         if reaches(report["results"], fail_on):
             raise typer.Exit(1)
@@ -189,9 +189,9 @@ def fix(
     debug: Debug = False,
 ) -> None:
     """Apply fixes to a copy of the checkpoint and write it to --out, with the fixes recorded in it."""
-    from .checkpoint import save_checkpoint
-    from .fix import apply_fixes, parse_fix_list
-    from .registry import get_fix
+    from .engine.checkpoint import save_checkpoint
+    from .core.fix import apply_fixes, parse_fix_list
+    from .core.registry import get_fix
 
     with handled(debug):
         guard_output(output, checkpoint)
@@ -225,7 +225,7 @@ def bench(
     debug: Debug = False,
 ) -> None:
     """Re-train a baseline arm and patched arms with the same steps and seeds; report deltas with 95% intervals."""
-    from .fix import parse_fix_list
+    from .core.fix import parse_fix_list
     from .report import print_bench
 
     with handled(debug, threads):
@@ -243,8 +243,8 @@ def bench(
 
 def run_bench_with_progress(loaded, arm_fixes: list[list[str]], steps: int | None, seeds: list[int],
                             jobs: int = 0, plugins: list[str] | None = None) -> dict:
-    from .bench import Arm, run_bench
-    from .runner import subject_info
+    from .engine.bench import Arm, run_bench
+    from .engine.runner import subject_info
 
     arms = [Arm("baseline", [])] + [Arm("patched" if len(arm_fixes) == 1 else f"patched-{i + 1}", fixes)
                                     for i, fixes in enumerate(arm_fixes)]
@@ -282,8 +282,9 @@ def sample(
 
 
 def train_sample_with_progress(name: str, output: Path, *, healthy: bool, steps: int | None, seed: int):
-    from .registry import build_subject, load_plugins
-    from .samples import SAMPLES, save_sample
+    from .core.registry import build_subject, load_plugins
+    from .engine.sampling import save_sample
+    from .samples import SAMPLES
 
     load_plugins()
     if name not in SAMPLES:
@@ -307,7 +308,7 @@ def demo(
     debug: Debug = False,
 ) -> None:
     """Sample a failing patient, diagnose it, bench the prescribed fixes, and write the report."""
-    from .checkpoint import load_checkpoint
+    from .engine.checkpoint import load_checkpoint
     from .report import print_bench, print_report
 
     with handled(debug, threads):
@@ -333,7 +334,7 @@ def demo(
 @app.command("list")
 def list_command(plugin: Plugins = None, debug: Debug = False) -> None:
     """List the registered subjects, sample patients, checks and fixes."""
-    from .registry import CHECKS, FIXES, SUBJECTS, load_plugin, load_plugins
+    from .core.registry import CHECKS, FIXES, SUBJECTS, load_plugin, load_plugins
     from .samples import SAMPLES
 
     with handled(debug):
@@ -357,7 +358,7 @@ def list_command(plugin: Plugins = None, debug: Debug = False) -> None:
 @app.command()
 def explain(name: Annotated[str, typer.Argument(help="A check or fix slug.")], plugin: Plugins = None, debug: Debug = False) -> None:
     """Show the documentation of a check or a fix."""
-    from .registry import CHECKS, FIXES, load_plugin, load_plugins
+    from .core.registry import CHECKS, FIXES, load_plugin, load_plugins
 
     with handled(debug):
         load_plugins()

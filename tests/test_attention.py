@@ -11,12 +11,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.functional import scaled_dot_product_attention as fused_attention
 
-from modeldoctor.attention import capture_attention, modality_mass, normalized_entropy, record_attention
-from modeldoctor.attribution import modality_attribution
-from modeldoctor.registry import build_subject, get_check, load_plugins
+from modeldoctor.probes.attention_maps import capture_attention, modality_mass, normalized_entropy, record_attention
+from modeldoctor.probes.attribution import modality_attribution
+from modeldoctor.core.registry import build_subject, get_check, load_plugins
 from modeldoctor.report.figures import figure_svg
-from modeldoctor.runner import run_check
-from modeldoctor.subject import regression_subject
+from modeldoctor.engine.runner import run_check
+from modeldoctor.core.subject import regression_subject
 
 load_plugins()
 ORIGINAL = {"sdpa": F.scaled_dot_product_attention}  # in a dict: a module-level name would be patched too
@@ -359,8 +359,8 @@ def test_warmup_cosine_removes_the_entropy_collapse_of_the_failing_moving_tokens
     """The failing recipe (constant LR 1e-2, post-LN) collapses the first layer's attention; the same
     model, data and seed trained with the prescribed warmup-cosine and nothing else does not.
     600 steps on 1024 videos per arm, ~15 s each."""
-    from modeldoctor.fix import apply_fixes
-    from modeldoctor.training import seed_everything, train
+    from modeldoctor.core.fix import apply_fixes
+    from modeldoctor.probes.training import seed_everything, train
 
     def trained(fixes):
         seed_everything(0)

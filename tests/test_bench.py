@@ -1,7 +1,7 @@
 """Bench mechanics: same seeds give the same numbers in-process and in worker processes; paired deltas."""
 import pytest
 
-from modeldoctor.bench import Arm, run_bench
+from modeldoctor.engine.bench import Arm, run_bench
 
 SMALL = {"n_train_fields": 64, "n_eval_fields": 16}
 

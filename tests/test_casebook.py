@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from modeldoctor.casebook import case_readme, load_cases
-from modeldoctor.registry import CHECKS, get_check, load_plugins
-from modeldoctor.runner import run_check
+from modeldoctor.engine.casebook import case_readme, load_cases
+from modeldoctor.core.registry import CHECKS, get_check, load_plugins
+from modeldoctor.engine.runner import run_check
 
 ROOT = Path(__file__).resolve().parents[1] / "checks"
 load_plugins()
@@ -40,7 +40,7 @@ def test_casebook_readme_is_generated_from_docstring(slug):
 
 @pytest.mark.parametrize("slug", sorted(CHECKS))
 def test_check_docstring_has_the_fixed_headings(slug):
-    from modeldoctor.check import DOC_HEADINGS
+    from modeldoctor.core.check import DOC_HEADINGS
 
     lines = CHECKS[slug].doc().splitlines()
     for heading in DOC_HEADINGS:

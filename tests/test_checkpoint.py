@@ -13,8 +13,8 @@ from torch import nn
 
 import modeldoctor
 from conftest import TINY_CONFIG
-from modeldoctor.checkpoint import fit_report, load_checkpoint, read_config_file, save_checkpoint
-from modeldoctor.errors import InputError
+from modeldoctor.engine.checkpoint import fit_report, load_checkpoint, read_config_file, save_checkpoint
+from modeldoctor.core.errors import InputError
 
 
 

@@ -23,7 +23,7 @@ import torch
 
 import modeldoctor
 from conftest import REPO_ROOT, TINY_CONFIG, run_cli
-from modeldoctor import registry
+from modeldoctor.core import registry
 
 
 EXAMPLES = REPO_ROOT / "examples"
@@ -293,7 +293,7 @@ def test_outputs_to_a_device_are_written_in_place_not_replaced(tmp_path):
     """Atomic writes rename a temporary file over the target; that must never happen to /dev/null."""
     import stat
 
-    from modeldoctor.files import atomic_write_text
+    from modeldoctor.engine.files import atomic_write_text
 
     atomic_write_text("/dev/null", "{}")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -17,22 +17,22 @@ from modeldoctor import (
     run_check,
     save_checkpoint,
 )
-from modeldoctor.casebook import load_cases
+from modeldoctor.engine.casebook import load_cases
 from modeldoctor.checks.codec_roundtrip import (
     CodecRoundtrip,
     id_ranges,
     image_fidelity,
     signal_fidelity,
 )
-from modeldoctor.numerics import code_usage
-from modeldoctor.registry import SUBJECTS, get_fix, load_plugins
-from modeldoctor.vq import (
+from modeldoctor.probes.numerics import code_usage
+from modeldoctor.core.registry import SUBJECTS, get_fix, load_plugins
+from modeldoctor.nn.vq import (
     PatchTokenizer,
     ScalarBinning,
     VectorQuantizer,
     kmeans,
-    recorded_latents,
 )
+from modeldoctor.probes.codebooks import recorded_latents
 
 load_plugins()  # registers the fixes the runner filters prescriptions by
 CASES, _ = load_cases(Path(__file__).resolve().parents[1] / "checks" / "codec-roundtrip")

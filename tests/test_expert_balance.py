@@ -9,8 +9,8 @@ from torch.nn import functional as F
 import modeldoctor
 from modeldoctor import apply_fixes, build_subject, regression_subject, run_check
 from modeldoctor.checks.expert_balance import ExpertBalance
-from modeldoctor.routing import RouterRecord, Router, capture_routing, find_routers, layer_stats, subject_routers, z_loss
-from modeldoctor.training import seed_everything, train
+from modeldoctor.probes.routing import RouterRecord, Router, capture_routing, find_routers, layer_stats, subject_routers, z_loss
+from modeldoctor.probes.training import seed_everything, train
 
 D = 12
 
@@ -236,7 +236,7 @@ def test_noisy_top_k_perturbs_training_only_and_survives_copies_and_checkpoints(
 
 
 def test_moe_fixes_do_not_apply_without_routers():
-    from modeldoctor.registry import get_fix
+    from modeldoctor.core.registry import get_fix
 
     plain = subject_for(nn.Linear(D, D))
     for name in ("load-balance-loss", "noisy-top-k", "router-z-loss"):

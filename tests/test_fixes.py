@@ -5,8 +5,8 @@ from torch import nn
 from modeldoctor import apply_fixes, build_subject, load_checkpoint, save_checkpoint
 from modeldoctor.checks.mean_collapse import MeanCollapse
 from modeldoctor.checks.query_coverage import QueryCoverage
-from modeldoctor.runner import run_check
-from modeldoctor.training import train
+from modeldoctor.engine.runner import run_check
+from modeldoctor.probes.training import train
 
 SMALL = {"n_train_fields": 256, "n_eval_fields": 16, "steps": 30}
 
@@ -98,14 +98,14 @@ def test_pre_ln_switches_norm_first_adds_a_final_norm_and_round_trips(tmp_path):
     loaded = load_checkpoint(save_checkpoint(tmp_path / "pre_ln.pt", patched)).subject
     assert loaded.model.encoder.layers[0].norm_first
     assert torch.allclose(loaded.model(batch["input"]), patched.model(batch["input"]))
-    from modeldoctor.registry import get_fix
+    from modeldoctor.core.registry import get_fix
 
     assert "already pre-LN" in get_fix("pre-ln")().applicable(patched)
 
 
 def test_pre_ln_is_not_applicable_without_transformer_blocks():
     from modeldoctor import regression_subject
-    from modeldoctor.registry import get_fix
+    from modeldoctor.core.registry import get_fix
 
     x = torch.rand(8, 1)
     subject = regression_subject("mlp", nn.Linear(1, 1), (x, x), (x, x))

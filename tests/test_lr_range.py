@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from modeldoctor import Evidence, Recipe, regression_subject
-from modeldoctor.casebook import load_cases
+from modeldoctor.engine.casebook import load_cases
 from modeldoctor.checks.lr_range import LRRange, ema_smooth, factor
-from modeldoctor.registry import load_plugins
+from modeldoctor.core.registry import load_plugins
 from modeldoctor.report import figure_svg
-from modeldoctor.runner import run_check
+from modeldoctor.engine.runner import run_check
 
 load_plugins()  # registers the fixes that the check prescribes
 

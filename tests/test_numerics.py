@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeldoctor.numerics import (
+from modeldoctor.probes.numerics import (
     expected_cell_coverage, expected_coverage, mse, paired_interval, pearson, psnr_db, variance_ratio,
 )
 
@@ -51,14 +51,14 @@ def test_paired_interval_by_hand():
 
 
 def test_label_entropy_by_hand():
-    from modeldoctor.numerics import label_entropy
+    from modeldoctor.probes.numerics import label_entropy
 
     assert label_entropy(torch.tensor([0, 1, 0, 1]), 3) == pytest.approx(math.log(2))
     assert label_entropy(torch.tensor([2, 2, 2]), 3) == pytest.approx(0.0)
 
 
 def test_mean_row_correlation_by_hand():
-    from modeldoctor.numerics import mean_row_correlation
+    from modeldoctor.probes.numerics import mean_row_correlation
 
     target = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
     prediction = torch.tensor([[2.0, 4.0, 6.0], [1.0, 2.0, 3.0]])  # rows: +1 and -1 correlated
@@ -67,7 +67,7 @@ def test_mean_row_correlation_by_hand():
 
 
 def test_trivial_scores_by_hand():
-    from modeldoctor.numerics import trivial_scores
+    from modeldoctor.probes.numerics import trivial_scores
 
     regression = trivial_scores("regression", torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.0]), torch.tensor([0.0, 2.0, 4.0]))
     # median of training targets = 2: MAE 1.0; the model's MAE is 0.5

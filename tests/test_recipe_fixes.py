@@ -15,9 +15,9 @@ from modeldoctor import (
     regression_subject,
     save_checkpoint,
 )
-from modeldoctor.casebook import load_cases
+from modeldoctor.engine.casebook import load_cases
 from modeldoctor.fixes.warmup_cosine import warmup_steps_for
-from modeldoctor.training import TrainMonitor, seed_everything, train
+from modeldoctor.probes.training import TrainMonitor, seed_everything, train
 
 CASES, _ = load_cases(Path(__file__).resolve().parents[1] / "checks" / "lr-range")
 TINY = {"n_train_fields": 64, "n_eval_fields": 16, "steps": 20}

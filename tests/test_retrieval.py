@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from modeldoctor import apply_fixes, build_subject, evaluate, load_checkpoint, regression_subject, run_check, save_checkpoint, train
-from modeldoctor.casebook import load_cases
+from modeldoctor.engine.casebook import load_cases
 from modeldoctor.checks.grad_norms import GradNorms
 from modeldoctor.checks.retrieval import Retrieval
-from modeldoctor.errors import InputError
-from modeldoctor.lora import LoRALinear, wrap_lora
-from modeldoctor.registry import load_plugins
-from modeldoctor.retrieval import (
+from modeldoctor.core.errors import InputError
+from modeldoctor.nn.lora import LoRALinear, wrap_lora
+from modeldoctor.core.registry import load_plugins
+from modeldoctor.probes.retrieval_metrics import (
     chance_baseline, chance_map, chance_recall, chance_recall_at, direction_metrics, match_ranks, mean_average_precision,
     recall_at,
 )

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from modeldoctor import Check, Evidence, Recipe, regression_subject
-from modeldoctor.results import reaches
-from modeldoctor.runner import build_report, run_battery, select_checks, subject_info
+from modeldoctor.core.results import reaches
+from modeldoctor.engine.runner import build_report, run_battery, select_checks, subject_info
 
 
 def tiny_subject(**fields):
@@ -47,7 +47,7 @@ class Slow(Check):
     slug, code = "slow", "T3"
 
     def measure(self, subject, ctx):
-        from modeldoctor.training import train
+        from modeldoctor.probes.training import train
 
         train(subject, 10**7, deadline=ctx.deadline)
 

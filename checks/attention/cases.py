@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modeldoctor.subject import regression_subject
+from modeldoctor.core.subject import regression_subject
 
 POSITIONS, HALF, HEADS, DIM, VOCAB = 12, 6, 2, 8, 10
 OFFSET = torch.arange(POSITIONS)[:, None] - torch.arange(POSITIONS)[None, :]  # (L, S): query - key

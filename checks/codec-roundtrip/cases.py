@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modeldoctor import Subject, regression_subject
-from modeldoctor.vq import PatchTokenizer, ScalarBinning
+from modeldoctor.nn.vq import PatchTokenizer, ScalarBinning
 
 
 class CodecHost(nn.Module):

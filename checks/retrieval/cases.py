@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modeldoctor import Recipe, Subject, Task
-from modeldoctor.retrieval import info_nce
+from modeldoctor.probes.retrieval_metrics import info_nce
 
 DIMS = {"image": 48, "text": 32, "audio": 24}
 LATENT, ITEMS = 8, 300

@@ -8,12 +8,12 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..attention import LayerStats, record_attention
-from ..attribution import AttributionUnavailable, modality_attribution
-from ..check import Check, CheckContext
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Subject
+from ..probes.attention_maps import LayerStats, record_attention
+from ..probes.attribution import AttributionUnavailable, modality_attribution
+from ..core.check import Check, CheckContext
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Subject
 
 MAX_LAYERS_SHOWN, MAX_HEADS_SHOWN, MAX_SIDE = 4, 8, 64  # heatmap panels; maps strided to ≤ 64×64
 MAX_BARS = 40  # entropy bars per head up to this many heads, else one bar per layer

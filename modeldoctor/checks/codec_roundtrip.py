@@ -7,12 +7,12 @@ import math
 
 import torch
 
-from ..check import Check, CheckContext
-from ..numerics import code_usage, psnr_db
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Codec, Subject
-from ..vq import CodecTarget, codec_target, evaluation_mode, rebind
+from ..core.check import Check, CheckContext
+from ..probes.numerics import code_usage, psnr_db
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Codec, Subject
+from ..probes.codebooks import CodecTarget, codec_target, evaluation_mode, rebind
 
 MAX_BARS = 256  # code-usage bars per codec; more codes are averaged over groups of ranks
 MAX_SIDE = 64  # images in figures are strided down to at most this many pixels a side

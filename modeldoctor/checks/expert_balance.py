@@ -1,11 +1,11 @@
 """expert-balance: does every mixture-of-experts layer spread its tokens over its experts?"""
 from __future__ import annotations
 
-from ..check import Check, CheckContext
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..routing import NO_ROUTERS, capture_routing, layer_stats, subject_routers
-from ..subject import Subject
+from ..core.check import Check, CheckContext
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..probes.routing import NO_ROUTERS, capture_routing, layer_stats, subject_routers
+from ..core.subject import Subject
 
 SWITCH_ALPHA = 0.01  # the Switch Transformer's auxiliary-loss coefficient, used to report its value
 

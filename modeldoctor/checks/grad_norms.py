@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..check import Check, CheckContext
-from ..gradtrace import GradTrace, GradTracer, RecordingBatches, group_summary, locate_nonfinite, summarize
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Subject
-from ..training import train
+from ..core.check import Check, CheckContext
+from ..probes.gradtrace import GradTrace, GradTracer, RecordingBatches, group_summary, locate_nonfinite, summarize
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Subject
+from ..probes.training import train
 
 
 @register_check

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ..check import Check, CheckContext
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Subject
+from ..core.check import Check, CheckContext
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Subject
 
 
 def perturbed(targets: torch.Tensor, where: torch.Tensor, num_classes: int | None, generator: torch.Generator) -> torch.Tensor:

@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 
-from ..check import Check, CheckContext
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Subject
-from ..training import StopTraining, train
+from ..core.check import Check, CheckContext
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Subject
+from ..probes.training import StopTraining, train
 
 
 def ema_smooth(values: list[float], beta: float) -> list[float]:

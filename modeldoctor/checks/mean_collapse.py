@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import itertools
 
-from ..check import Check, CheckContext
-from ..numerics import mse, pearson, psnr_db, trivial_scores, variance_ratio
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Head, Subject
-from ..training import collect_predictions, data_range, target_mean
+from ..core.check import Check, CheckContext
+from ..probes.numerics import mse, pearson, psnr_db, trivial_scores, variance_ratio
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Head, Subject
+from ..probes.training import collect_predictions, data_range, target_mean
 
 
 @register_check

@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..check import Check, CheckContext
-from ..numerics import accuracy, mse, psnr_db
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Subject
-from ..training import StopTraining, TrainMonitor, collect_predictions, data_range, train
+from ..core.check import Check, CheckContext
+from ..probes.numerics import accuracy, mse, psnr_db
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Subject
+from ..probes.training import StopTraining, TrainMonitor, collect_predictions, data_range, train
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -6,11 +6,11 @@ import itertools
 import numpy as np
 import torch
 
-from ..check import Check, CheckContext
-from ..numerics import expected_cell_coverage, expected_coverage
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..subject import Subject
+from ..core.check import Check, CheckContext
+from ..probes.numerics import expected_cell_coverage, expected_coverage
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..core.subject import Subject
 
 
 def gather_queries(subject: Subject, batches, max_batches: int) -> tuple[torch.Tensor, int]:

@@ -1,11 +1,11 @@
 """retrieval: R@1/5/10, mAP and median rank for every cross-modal direction, against chance."""
 from __future__ import annotations
 
-from ..check import Check, CheckContext
-from ..registry import register_check
-from ..results import Evidence, Figure
-from ..retrieval import chance_map, chance_recall_at, collect_embeddings, direction_metrics
-from ..subject import Subject
+from ..core.check import Check, CheckContext
+from ..core.registry import register_check
+from ..core.results import Evidence, Figure
+from ..probes.retrieval_metrics import chance_map, chance_recall_at, collect_embeddings, direction_metrics
+from ..core.subject import Subject
 
 KS = (1, 5, 10)
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import Subject
-from ..vq import codec_targets, kmeans, rebind, survey
+from ..core.errors import InputError
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import Subject
+from ..nn.vq import kmeans
+from ..probes.codebooks import codec_targets, rebind, survey
 
 KMEANS_BELOW = 0.10  # share of codes used below which the whole codebook is k-means initialised
 NOISE = 0.01  # restarted codes: a random latent plus this × the latents' per-dimension std

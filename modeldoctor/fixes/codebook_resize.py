@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import Subject
-from ..vq import CodecTarget, codec_targets, rebind, survey
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import Subject
+from ..probes.codebooks import CodecTarget, codec_targets, rebind, survey
 
 FACTOR = 16  # the seed: VectorQuantizer(num_embeddings=512) -> 8192
 NOISE = 0.1  # new codes: a live code plus this × the live codes' per-dimension std

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import Subject
 
 RATE = 0.1
 

@@ -1,9 +1,9 @@
 """grad-clip: clip the global gradient norm to 1.0 before every optimizer step."""
 from __future__ import annotations
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import Subject
 
 MAX_NORM = 1.0
 

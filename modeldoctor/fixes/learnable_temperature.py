@@ -6,9 +6,9 @@ import math
 import torch
 from torch import nn
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import Subject
 
 CLIP_INIT_TAU = 0.07
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..fix import Fix
-from ..gradtrace import in_group
-from ..lora import DEFAULT_ALPHA, DEFAULT_RANK, wrap_lora
-from ..registry import register_fix
-from ..subject import Subject
+from ..core.fix import Fix
+from ..probes.gradtrace import in_group
+from ..nn.lora import DEFAULT_ALPHA, DEFAULT_RANK, wrap_lora
+from ..core.registry import register_fix
+from ..core.subject import Subject
 
 
 def frozen_towers(subject: Subject) -> list[str]:

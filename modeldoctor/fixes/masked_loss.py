@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import Batch, MaskSpec, Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import Batch, MaskSpec, Subject
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

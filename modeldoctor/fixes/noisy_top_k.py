@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..routing import NO_ROUTERS, subject_routers
-from ..subject import Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..probes.routing import NO_ROUTERS, subject_routers
+from ..core.subject import Subject
 
 NOISE_STD = 0.1
 

@@ -1,9 +1,9 @@
 """random-queries: sample fresh query positions from the whole query space every step."""
 from __future__ import annotations
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import MappedBatches, Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import MappedBatches, Subject
 
 
 @register_fix

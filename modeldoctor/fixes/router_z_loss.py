@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, z_loss
-from ..subject import Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..probes.routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, z_loss
+from ..core.subject import Subject
 
 COEFFICIENT = 1e-3
 

@@ -1,9 +1,9 @@
 """scale-up: rebuild the subject with a wider and deeper model (width/depth multipliers on its config)."""
 from __future__ import annotations
 
-from ..fix import Fix, apply_fixes
-from ..registry import build_subject, register_fix
-from ..subject import Subject
+from ..core.fix import Fix, apply_fixes
+from ..core.registry import build_subject, register_fix
+from ..core.subject import Subject
 
 WIDTH_KEYS = ("d_model", "hidden", "hidden_size", "width", "embed_dim")
 DEPTH_KEYS = ("n_layers", "num_layers", "depth")

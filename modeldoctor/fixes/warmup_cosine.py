@@ -1,9 +1,9 @@
 """warmup-cosine: linear LR warmup, then cosine decay to 10% of the peak, instead of a constant LR."""
 from __future__ import annotations
 
-from ..fix import Fix
-from ..registry import register_fix
-from ..subject import Subject
+from ..core.fix import Fix
+from ..core.registry import register_fix
+from ..core.subject import Subject
 
 ADAM_BETA2 = 0.999  # what `training.make_optimizer` builds Adam and AdamW with
 MIN_LR_RATIO = 0.1

@@ -1,7 +1,7 @@
 """The documentation a report needs: the docstrings of the checks and fixes it mentions."""
 from __future__ import annotations
 
-from ..registry import CHECKS, FIXES, load_plugins
+from ..core.registry import CHECKS, FIXES, load_plugins
 
 
 def docs_for(report: dict | None, bench: dict | None = None) -> dict[str, str]:

@@ -17,10 +17,10 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from ..results import counts as count_statuses
-from ..check import DOC_HEADINGS as CHECK_HEADINGS
-from ..fix import DOC_HEADINGS as FIX_HEADINGS
-from ..results import worst_status
+from ..core.results import counts as count_statuses
+from ..core.check import DOC_HEADINGS as CHECK_HEADINGS
+from ..core.fix import DOC_HEADINGS as FIX_HEADINGS
+from ..core.results import worst_status
 from .figures import figure_svg, format_number, side_metrics_text
 
 __all__ = ["render_html", "doc_blocks", "format_metric"]

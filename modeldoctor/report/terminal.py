@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..results import STATUSES
-from ..results import counts as count_statuses
+from ..core.results import STATUSES
+from ..core.results import counts as count_statuses
 from .figures import format_number, side_metrics_text
 
 __all__ = ["print_report", "print_bench", "prescribed_fixes"]

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..checkpoint import save_checkpoint
-from ..registry import build_subject
-from ..training import seed_everything, train
+from ..core.registry import build_subject
+from ..probes.training import seed_everything, train
 
 
 @dataclass(frozen=True)
@@ -34,12 +33,6 @@ def train_sample(name: str, *, healthy: bool = False, seed: int = 0, steps: int 
     seed_everything(seed)
     subject = build_subject(sample.name, sample.healthy if healthy else sample.failing)
     train(subject, steps, on_step=on_step)
-    return subject
-
-
-def save_sample(name: str, path, **kwargs):
-    subject = train_sample(name, **kwargs)
-    save_checkpoint(path, subject, extra={"sample": name, "variant": "healthy" if kwargs.get("healthy") else "failing"})
     return subject
 
 

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import register_subject
-from ..subject import Codec, Head, Recipe, Subject, Task
-from ..vq import PatchTokenizer, ScalarBinning, VectorQuantizer
+from ..core.registry import register_subject
+from ..core.subject import Codec, Head, Recipe, Subject, Task
+from ..nn.vq import PatchTokenizer, ScalarBinning, VectorQuantizer
 from . import Sample, register_sample
 
 IMAGE, PATCH, SPECTRUM, SEGMENT, CURVE = 16, 4, 32, 4, 16

@@ -23,10 +23,10 @@ import math
 import torch
 from torch import nn
 
-from ..lora import wrap_lora
-from ..registry import register_subject
-from ..retrieval import info_nce
-from ..subject import Recipe, Subject, Task
+from ..nn.lora import wrap_lora
+from ..core.registry import register_subject
+from ..probes.retrieval_metrics import info_nce
+from ..core.subject import Recipe, Subject, Task
 from . import Sample, register_sample
 
 DEFAULTS = {

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import register_subject
-from ..subject import MaskSpec, Recipe, Subject, Task
+from ..core.registry import register_subject
+from ..core.subject import MaskSpec, Recipe, Subject, Task
 from . import Sample, register_sample
 
 FRAME, PATCH, SPRITE = 16, 4, 4

@@ -16,8 +16,8 @@ import math
 import torch
 from torch import nn
 
-from ..registry import register_subject
-from ..subject import QuerySpace, Recipe, Subject, Task
+from ..core.registry import register_subject
+from ..core.subject import QuerySpace, Recipe, Subject, Task
 from . import Sample, register_sample
 
 DEFAULTS = {

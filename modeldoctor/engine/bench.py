@@ -18,14 +18,14 @@ from typing import Callable
 
 import torch
 
-from . import __version__
-from .fix import apply_fixes
-from .numerics import mse, paired_interval, psnr_db, trivial_scores
-from .registry import build_subject, load_plugin
-from .results import clean
-from .retrieval import chance_baseline
-from .routing import mean_routing_entropy
-from .training import collect_predictions, data_range, evaluate, seed_everything, target_mean, train
+from ..core.version import __version__
+from ..core.fix import apply_fixes
+from ..probes.numerics import mse, paired_interval, psnr_db, trivial_scores
+from ..core.registry import build_subject, load_plugin
+from ..core.results import clean
+from ..probes.retrieval_metrics import chance_baseline
+from ..probes.routing import mean_routing_entropy
+from ..probes.training import collect_predictions, data_range, evaluate, seed_everything, target_mean, train
 
 # (arm name, seed, step, total steps)
 BenchProgress = Callable[[str, int, int, int], None]

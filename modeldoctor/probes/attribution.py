@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .subject import Subject
+from ..core.subject import Subject
 
 __all__ = ["AttributionUnavailable", "ModalityAttribution", "modality_attribution", "take_rows"]
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .numerics import entropy
-from .subject import Batch, Subject
+from ..core.subject import Batch, Subject
 
 DEAD_LOAD = 0.01  # an expert is dead when its load is below this share of the fair load 1/E
 

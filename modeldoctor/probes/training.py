@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BudgetExceeded
+from ..core.errors import BudgetExceeded
 from .numerics import accuracy, mse, psnr_db
-from .retrieval import evaluate_retrieval
-from .subject import Batch, Head, Recipe, Subject
+from .retrieval_metrics import evaluate_retrieval
+from ..core.subject import Batch, Head, Recipe, Subject
 
 
 def seed_everything(seed: int) -> None:

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import InputError
+from ..core.version import __version__
+from ..core.errors import InputError
 from .files import atomic_write_bytes
-from .fix import apply_fixes
-from .registry import build_subject
-from .subject import Subject
+from ..core.fix import apply_fixes
+from ..core.registry import build_subject
+from ..core.subject import Subject
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 META_KEY = "modeldoctor"

@@ -11,13 +11,13 @@ import traceback
 import zlib
 from typing import Any, Callable, Iterable
 
-from . import __version__
-from .check import Check, CheckContext
-from .errors import BudgetExceeded
-from .registry import CHECKS, FIXES, get_check, load_plugins
-from .results import CheckResult, clean, counts, worst_status
-from .subject import Subject
-from .training import seed_everything
+from ..core.version import __version__
+from ..core.check import Check, CheckContext
+from ..core.errors import BudgetExceeded
+from ..core.registry import CHECKS, FIXES, get_check, load_plugins
+from ..core.results import CheckResult, clean, counts, worst_status
+from ..core.subject import Subject
+from ..probes.training import seed_everything
 
 ProgressFn = Callable[[str, str, "CheckResult | None"], None]  # (event "start"|"end", slug, result)
 

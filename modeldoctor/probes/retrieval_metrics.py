@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .subject import Batch, Subject
+from ..core.subject import Batch, Subject
 
 MAX_ITEMS = 1000  # items (rows) used for evaluation: the similarity matrix is N × N per direction
 

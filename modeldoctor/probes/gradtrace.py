@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .subject import Batch, LossFn
+from ..core.subject import Batch, LossFn
 from .training import StopTraining, TrainMonitor
 
 ROOT = "(model)"  # how the root module is named in findings

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from .files import atomic_write_text
-from .registry import CHECKS, load_plugins
-from .subject import Subject
+from ..core.registry import CHECKS, load_plugins
+from ..core.subject import Subject
 
 
 def case_readme(check_class) -> str:
