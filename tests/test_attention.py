@@ -3,6 +3,7 @@
 The models here are written differently from the samples on purpose (other names, other wiring):
 the capture must find attention by what it computes, not by how a sample happens to spell it.
 """
+from modeldoctor.core.capabilities import Capabilities
 import math
 
 import pytest
@@ -241,7 +242,7 @@ def test_models_that_return_their_attentions_use_the_capability():
     model, x = ReturnsItsMaps(), torch.randn(32, 6, 4)
     records = record_attention(model, (x, x), lambda m, batch: m(batch[0]), attentions=lambda m, batch: [m(batch[0])[1]])
     assert [(r.name, r.source, tuple(r.weights.shape)) for r in records] == [("attentions[0]", "capability", (32, 2, 6, 6))]
-    subject = regression_subject("maps", model, (x, x), (x, x), capabilities={"attentions": lambda m, batch: [m(batch[0])[1]]})
+    subject = regression_subject("maps", model, (x, x), (x, x), capabilities=Capabilities(attentions=lambda m, batch: [m(batch[0])[1]]))
     subject.predict = lambda m, batch: (m(batch[0])[0], batch[1])
     assert run_check(get_check("attention")(), subject).status in ("pass", "warn")
 
@@ -285,8 +286,8 @@ def test_integrated_gradients_give_the_only_modality_the_output_reads_nearly_all
     torch.manual_seed(0)
     tokens = torch.randint(0, 16, (32, 8))
     subject = regression_subject("first-half", ReadsFirstHalf(), (tokens, torch.randn(32)), (tokens, torch.randn(32)),
-                                 capabilities={"embedding_layer": "tokens",
-                                               "token_modalities": lambda batch: {"first": torch.arange(8) < 4, "second": torch.arange(8) >= 4}})
+                                 capabilities=Capabilities(embedding_layer="tokens",
+                                               token_modalities=lambda batch: {"first": torch.arange(8) < 4, "second": torch.arange(8) >= 4}))
     found = modality_attribution(subject, subject.model, (tokens, torch.randn(32)), examples=6, n_steps=24)
     assert found.shares["first"] >= 0.9 and found.shares["second"] <= 0.1
     assert found.token_shares == {"first": 0.5, "second": 0.5} and found.examples == 6

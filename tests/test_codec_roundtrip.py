@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from modeldoctor.core.capabilities import Capabilities
 
 from modeldoctor import (
     Codec,
@@ -241,7 +244,7 @@ def token_subject():
         return regression_subject(
             "test-codec-tokens", model, (x, x), (x, x), config=config,
             codecs={"spectrum": model.tokenizer.codec(samples, module="tokenizer")},
-            capabilities={"codebook_dependents": {"spectrum": ["embed", "logits", "from_codes"]}},
+            capabilities=Capabilities(codebook_dependents={"spectrum": ["embed", "logits", "from_codes"]}),
         )
 
     yield build
@@ -276,9 +279,9 @@ def test_codebook_resize_grows_the_codebook_and_its_dependents_and_round_trips(t
 
 def test_codebook_resize_factor_and_bad_dependents_come_from_the_subject(token_subject):
     subject = token_subject({"codes": 8})
-    subject.capabilities = {**subject.capabilities, "codebook_resize_factor": {"spectrum": 2}}
+    subject.capabilities = replace(subject.capabilities, codebook_resize_factor={"spectrum": 2})
     assert apply_fixes(subject, ["codebook-resize"]).codecs["spectrum"].num_codes == 16
-    subject.capabilities = {"codebook_dependents": {"spectrum": ["readout"]}}
+    subject.capabilities = Capabilities(codebook_dependents={"spectrum": ["readout"]})
     assert "dependent 'readout' is not an nn.Embedding/nn.Linear with a dimension of 8" in get_fix("codebook-resize")().applicable(subject)
 
 
@@ -294,5 +297,5 @@ def test_codebook_fixes_explain_why_they_do_not_apply(slug):
     assert fix.applicable(CASES["kmeans_vq_image"]()) is None
     if slug == "codebook-resize":  # growing K is refused until the subject says what reads the codes
         undeclared = CASES["kmeans_vq_image"]()
-        undeclared.capabilities = {}
-        assert "capabilities['codebook_dependents']" in fix.applicable(undeclared)
+        undeclared.capabilities = Capabilities()
+        assert "capabilities.codebook_dependents" in fix.applicable(undeclared)

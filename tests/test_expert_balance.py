@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+
+from modeldoctor.core.capabilities import RouterSpec
 from torch import nn
 from torch.nn import functional as F
 
@@ -118,7 +120,7 @@ def test_declared_routers_cover_what_detection_cannot():
 
     subject = subject_for(FusedExperts())
     assert subject_routers(subject) == []
-    subject.capabilities["routers"] = [{"gate": "trunk.1.gate", "num_experts": 4, "top_k": 1}]
+    subject.capabilities.routers = [RouterSpec(gate="trunk.1.gate", num_experts=4, top_k=1)]
     result = run_check(ExpertBalance(), subject)
     assert result.status in ("pass", "warn", "fail") and result.metrics["trunk.1.num_experts"] == 4
 

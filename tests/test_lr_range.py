@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from modeldoctor import Evidence, Recipe, regression_subject
+from modeldoctor import Measurement, Recipe, regression_subject
+from modeldoctor.core.results import derive
 from modeldoctor.engine.casebook import load_cases
 from modeldoctor.checks.lr_range import LRRange, ema_smooth, factor
 from modeldoctor.core.registry import load_plugins
@@ -68,22 +69,22 @@ def test_figure_marks_the_recipe_and_suggested_lr_on_a_log_x_axis():
 def evidence(lr, divergence=0.3, steepest=1e-3):
     m = {"recipe_lr": lr, "recipe_optimizer": "adam", "initial_loss": 1.0, "steps_run": 90,
          "divergence_lr": divergence, "steepest_lr": steepest, "lr_at_min_loss": 0.1, "suggested_lr": steepest}
-    return Evidence(metrics=m)
+    return Measurement(metrics=m)
 
 
 @pytest.mark.parametrize(("lr", "status"), [(0.5, "fail"), (0.3, "fail"), (0.2, "warn"), (0.05, "pass"),
                                             (1e-4, "pass"), (1e-5, "warn")])
 def test_judge_thresholds(lr, status):
-    assert LRRange().judge(evidence(lr))[0] == status
+    assert derive(LRRange().judge(evidence(lr)))[0] == status
 
 
 def test_thresholds_are_options_and_missing_points_are_handled():
-    assert LRRange(high_margin=10.0).judge(evidence(0.05))[0] == "warn"
-    assert LRRange(low_margin=5.0).judge(evidence(1e-4))[0] == "warn"
-    assert LRRange().judge(evidence(5.0, divergence=None, steepest=None))[0] == "pass"
+    assert derive(LRRange(high_margin=10.0).judge(evidence(0.05)))[0] == "warn"
+    assert derive(LRRange(low_margin=5.0).judge(evidence(1e-4)))[0] == "warn"
+    assert derive(LRRange().judge(evidence(5.0, divergence=None, steepest=None)))[0] == "pass"
     nan_start = evidence(1e-3)
     nan_start.metrics["initial_loss"] = math.nan
-    assert LRRange().judge(nan_start)[0] == "fail"
+    assert derive(LRRange().judge(nan_start))[0] == "fail"
     assert factor(3.0, 1e-3) == "3000× lower" and factor(1e-3, 3e-3) == "3× higher"
 
 

@@ -1,6 +1,8 @@
 """Retrieval metrics, LoRA, the lora-all-towers and learnable-temperature fixes, and starved gradient groups."""
 from __future__ import annotations
 
+from modeldoctor.core.capabilities import Capabilities
+
 import math
 from pathlib import Path
 
@@ -222,7 +224,7 @@ def towers_subject(b_scale: float):
     x = torch.randn(128, 8)
     y = x[:, :1] + x[:, 4:5]
     return regression_subject("towers", ScaledTowers(b_scale), (x, y), (x, y),
-                              capabilities={"param_groups": {"a": ["tower_a"], "b": ["tower_b"], "head": ["head"]}})
+                              capabilities=Capabilities(param_groups={"a": ["tower_a"], "b": ["tower_b"], "head": ["head"]}))
 
 
 def test_starved_group_warns_and_is_drawn():

@@ -5,7 +5,7 @@ import time
 import torch
 from torch import nn
 
-from modeldoctor import Check, Evidence, Recipe, regression_subject
+from modeldoctor import Check, Finding, Measurement, Recipe, regression_subject
 from modeldoctor.core.results import reaches
 from modeldoctor.engine.runner import build_report, run_battery, select_checks, subject_info
 
@@ -35,10 +35,10 @@ class Mutates(Check):
         with torch.no_grad():
             for parameter in subject.model.parameters():
                 parameter.add_(100.0)
-        return Evidence(metrics={"ok": 1})
+        return Measurement(metrics={"ok": 1})
 
-    def judge(self, evidence):
-        return "pass", "scribbled"
+    def judge(self, measurement):
+        return [Finding("pass", "ok", "scribbled")]
 
 
 class Slow(Check):
@@ -97,10 +97,10 @@ def test_report_is_json_with_the_documented_schema():
     results = run_battery(subject, select_checks(["mean-collapse", "query-coverage"]))
     report = build_report(subject_info(subject, "x.pt", "abc"), results)
     data = json.loads(json.dumps(report, allow_nan=False))
-    assert data["schema"] == "modeldoctor.report/1"
+    assert data["schema"] == "modeldoctor.report/2" and data["evidence"] == ["subject"]
     assert {"name", "checkpoint", "sha256"} <= set(data["subject"])
     for row in data["results"]:
-        assert {"check", "code", "status", "severity", "summary", "metrics", "fixes", "duration_s"} <= set(row)
+        assert {"check", "code", "evidence", "status", "summary", "findings", "metrics", "fixes", "duration_s"} <= set(row)
         assert row["status"] in ("pass", "warn", "fail", "skip", "error")
 
 

@@ -4,6 +4,7 @@ Twelve tokens, the first six of modality "a" and the last six of modality "b". Q
 positions and keys carry a hand-set logit matrix, so each case fixes exactly where the attention
 goes; values are the token embeddings and a linear readout gives one number per position.
 """
+from modeldoctor.core.capabilities import Capabilities
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -53,7 +54,7 @@ def subject(name: str, *layer_logits: torch.Tensor):
     tokens = torch.randint(0, VOCAB, (64, POSITIONS), generator=generator)
     targets = torch.randn(64, POSITIONS, generator=generator)
     return regression_subject(name, TwoModalityModel(*layer_logits), (tokens, targets), (tokens, targets), batch_size=32,
-                              capabilities={"token_modalities": modalities, "embedding_layer": "embed"})
+                              capabilities=Capabilities(token_modalities=modalities, embedding_layer="embed"))
 
 
 def local(*widths: float) -> torch.Tensor:

@@ -3,6 +3,7 @@
 The check runs only the codecs, so each subject's model is a trivial host: a 1x1 linear layer
 plus the tokenizers as submodules (so that `Codec.module` names them and the codebook fixes apply).
 """
+from modeldoctor.core.capabilities import Capabilities
 import math
 
 import torch
@@ -48,7 +49,7 @@ def host_subject(name: str, codecs: dict, **tokenizers: nn.Module) -> Subject:
     # Nothing in the host model reads the codes, so a codebook may grow freely (codebook-resize).
     dependents = {codec: [] for codec, spec in codecs.items() if spec.module}
     return regression_subject(name, CodecHost(**tokenizers), (x, x), (x, x), value_range=(0.0, 1.0), codecs=codecs,
-                              capabilities={"codebook_dependents": dependents})
+                              capabilities=Capabilities(codebook_dependents=dependents))
 
 
 def image_subject(tokenizer: PatchTokenizer, name: str) -> Subject:

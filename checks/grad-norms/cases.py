@@ -1,4 +1,5 @@
 """Cases for grad-norms: exploding, vanishing, dead, non-finite and starved-group gradients, and healthy twins."""
+from modeldoctor.core.capabilities import Capabilities
 import torch
 from torch import nn
 
@@ -102,7 +103,7 @@ def case_nan_from_log_of_negative():
 
 def case_healthy_towers_with_groups():
     torch.manual_seed(0)
-    return subject(TwoTowers(), capabilities={"param_groups": GROUPS})
+    return subject(TwoTowers(), capabilities=Capabilities(param_groups=GROUPS))
 
 
 def case_frozen_text_group():
@@ -110,10 +111,10 @@ def case_frozen_text_group():
     torch.manual_seed(0)
     model = TwoTowers()
     model.tower_b.requires_grad_(False)
-    return subject(model, capabilities={"param_groups": GROUPS})
+    return subject(model, capabilities=Capabilities(param_groups=GROUPS))
 
 
 def case_starved_text_group():
     """A tower the loss barely reaches: its embedding enters the head scaled by a constant 1e-5."""
     torch.manual_seed(0)
-    return subject(TwoTowers(scale_b=1e-5), capabilities={"param_groups": GROUPS})
+    return subject(TwoTowers(scale_b=1e-5), capabilities=Capabilities(param_groups=GROUPS))

@@ -5,6 +5,7 @@ latent z (8-d). An aligned tower inverts its view (pseudo-inverse of M_m, so its
 an untrained tower keeps random weights; a blind one has random weights orthogonal to the
 directions that carry z (like a pretrained encoder that reads only what this task does not need).
 """
+from modeldoctor.core.capabilities import Capabilities
 import torch
 from torch import nn
 
@@ -57,8 +58,8 @@ def subject(name: str, aligned: tuple = tuple(DIMS), noise: dict | None = None, 
         loss=lambda m, b: info_nce(m(b), m.logit_scale),
         predict=lambda m, b: (m(b)["image"] @ m(b)["text"].T, torch.arange(len(b["image"]))),
         task=Task(kind="retrieval", metric="recall@1"), recipe=Recipe(steps=10),
-        capabilities={"embed": lambda m, b: m(b), "param_groups": {k: [f"towers.{k}"] for k in DIMS},
-                      "temperature": "logit_scale"},
+        capabilities=Capabilities(embed=lambda m, b: m(b), param_groups={k: [f"towers.{k}"] for k in DIMS},
+                      temperature="logit_scale"),
     )
 
 

@@ -89,7 +89,7 @@ class Attention(Check):
         if batch is None:
             return "the subject has no evaluation batches"
         try:
-            found = record_attention(copy.deepcopy(subject.model), batch, subject.predict, subject.capabilities.get("attentions"))
+            found = record_attention(copy.deepcopy(subject.model), batch, subject.predict, subject.capabilities.attentions)
         except Exception as error:  # noqa: BLE001 - a probe that cannot run is a reason to skip
             return f"one forward with attention capture failed: {type(error).__name__}: {error}"
         if not found:
@@ -102,8 +102,8 @@ class Attention(Check):
         layers: dict[str, LayerStats] = {}
         for batch in itertools.islice(subject.eval_batches, o["max_batches"]):
             ctx.ensure_time("attention capture")
-            masks = {m: torch.as_tensor(k).bool() for m, k in caps["token_modalities"](batch).items()} if caps.get("token_modalities") else None
-            for record in record_attention(subject.model, batch, subject.predict, caps.get("attentions")):
+            masks = {m: torch.as_tensor(k).bool() for m, k in caps.token_modalities(batch).items()} if caps.token_modalities else None
+            for record in record_attention(subject.model, batch, subject.predict, caps.attentions):
                 layers.setdefault(record.name, LayerStats(record.name, record.source)).add(record, masks)
         stats = list(layers.values())
         heads = {s.name: s.head_entropy() for s in stats}
@@ -120,7 +120,7 @@ class Attention(Check):
         metrics.update({f"head_entropy.{name}": h for name, h in heads.items()})
         notes = [f"{len(stats) - MAX_LAYERS_SHOWN} more layers are measured but not drawn"] if len(stats) > MAX_LAYERS_SHOWN else []
         figures = [self.maps(i, s) for i, s in enumerate(stats[:MAX_LAYERS_SHOWN])] + self.entropy_figures(stats, heads, means)
-        if caps.get("token_modalities"):
+        if caps.token_modalities:
             ctx.ensure_time("modality shares and attribution")
             figures += self.modalities(subject, stats, metrics, notes)
         return Evidence(metrics=metrics, figures=figures, notes=notes)
@@ -162,7 +162,7 @@ class Attention(Check):
             metrics[f"fair_share.{m}"] = sum(fair for _, fair in found) / len(found)
             metrics[f"attention_ratio.{m}"] = max((share / fair for share, fair in found if fair > 0), default=math.nan)
         labels, values = [f"{m}: attention" for m in names], [metrics[f"attention_ratio.{m}"] for m in names]
-        if subject.capabilities.get("embedding_layer"):
+        if subject.capabilities.embedding_layer:
             try:
                 found = modality_attribution(subject, subject.model, next(iter(subject.eval_batches)),
                                              examples=self.options["attribution_examples"], n_steps=self.options["attribution_steps"])

@@ -6,7 +6,7 @@ import numpy as np
 from ..core.check import Check, CheckContext
 from ..probes.gradtrace import GradTrace, GradTracer, RecordingBatches, group_summary, locate_nonfinite, summarize
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Subject
 from ..probes.training import train
 
@@ -70,7 +70,6 @@ class GradNorms(Check):
 
     slug = "grad-norms"
     code = "MD004"
-    severity = "error"
     title = "Gradient norms"
     fixes = ("grad-clip", "warmup-cosine", "pre-ln")
     default_options = {
@@ -87,17 +86,17 @@ class GradNorms(Check):
             return "the model has no trainable parameters"
         return None
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         model, batches = subject.model, RecordingBatches(subject.train_batches)
         tracer = GradTracer(model, on_nonfinite=lambda step: locate_nonfinite(model, subject.loss, batches.last))
         train(subject, self.options["steps"], batches=batches, deadline=ctx.deadline, monitor=tracer)
         trace = tracer.result()
         metrics, table = summarize(trace)
-        groups = subject.capabilities.get("param_groups") or {}
+        groups = subject.capabilities.param_groups or {}
         if groups:
             metrics.update(group_summary(trace, groups, [n for n, _ in model.named_parameters()], self.options["starved_ratio"]))
-        figures = self.figures(trace, table) + ([self.group_figure(groups, metrics)] if groups else [])
-        return Evidence(metrics=metrics, figures=figures)
+        return Measurement(metrics=metrics, figures=lambda: self.figures(trace, table)
+                           + ([self.group_figure(groups, metrics)] if groups else []))
 
     def group_figure(self, groups: dict, m: dict) -> Figure:
         """log10 median gradient norm per declared group, with the starved line; frozen groups show as n/a."""
@@ -134,69 +133,59 @@ class GradNorms(Check):
                 "columns": ["module", "median grad norm", "max grad norm", "update ratio", "zero-grad steps"], "rows": rows}),
         ]
 
-    def findings(self, m: dict) -> list[tuple[str, str, str]]:
-        """(status, kind, one line) for every threshold crossed, most important first."""
-        o, found = self.options, []
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """A finding for every threshold crossed, most important first (a pass when none is)."""
+        o, m, found = self.options, measurement.metrics, []
+        clip_warm_preln = ("grad-clip", "warmup-cosine", "pre-ln")
         if m["nonfinite_step"] is not None:
-            found.append(("fail", "nonfinite", f"non-finite {m['nonfinite_in']} at step {m['nonfinite_step']}: {m['nonfinite_where']}"))
+            found.append(Finding("fail", "nonfinite", f"non-finite {m['nonfinite_in']} at step {m['nonfinite_step']}: "
+                                 f"{m['nonfinite_where']}", ("nonfinite_step", "nonfinite_in", "nonfinite_where"), clip_warm_preln))
         g, r = m["global_norm_median"], m["grad_rate"]
         if g is not None and g > o["max_global_norm"]:
-            found.append(("fail", "exploding", f"exploding gradients: median global norm {g:.3g} > {o['max_global_norm']:g} "
-                                               f"(max {m['global_norm_max']:.3g}); largest in `{m['largest_grad_module']}`"))
+            found.append(Finding("fail", "exploding", f"exploding gradients: median global norm {g:.3g} > {o['max_global_norm']:g} "
+                                 f"(max {m['global_norm_max']:.3g}); largest in `{m['largest_grad_module']}`",
+                                 ("global_norm_median", "global_norm_max"), clip_warm_preln))
         if (m["norm_growth_rho"] or 0) > o["growth_rho"] and (m["norm_growth"] or 0) > o["growth_factor"]:
-            found.append(("fail", "exploding", f"gradient norm grows steadily: ×{m['norm_growth']:.3g} over {m['steps']} "
-                                               f"steps (Spearman ρ {m['norm_growth_rho']:.2f})"))
+            found.append(Finding("fail", "exploding", f"gradient norm grows steadily: ×{m['norm_growth']:.3g} over {m['steps']} "
+                                 f"steps (Spearman ρ {m['norm_growth_rho']:.2f})", ("norm_growth", "norm_growth_rho"), clip_warm_preln))
         if r is not None and r > o["max_grad_rate"]:
-            found.append(("fail", "exploding", f"exploding towards the input: `{m['first_layer']}` gets {r:.3g}× the "
-                                               f"gradient of `{m['last_layer']}` (r > {o['max_grad_rate']:g})"))
+            found.append(Finding("fail", "exploding", f"exploding towards the input: `{m['first_layer']}` gets {r:.3g}× the "
+                                 f"gradient of `{m['last_layer']}` (r > {o['max_grad_rate']:g})", ("grad_rate",), clip_warm_preln))
         stalled = m["loss_drop"] is None or m["loss_drop"] < o["loss_drop_gate"]
         if r is not None and r < o["min_grad_rate"] and m["first_layer_grad_norm"] < o["min_first_norm"] and stalled:
-            found.append(("fail", "vanishing", f"vanishing gradients: `{m['first_layer']}` gets ‖g‖ "
-                                               f"{m['first_layer_grad_norm']:.2g}, {r:.2g}× that of `{m['last_layer']}`, "
-                                               f"and the loss fell only {m['loss_drop'] or 0:.1%}"))
+            found.append(Finding("fail", "vanishing", f"vanishing gradients: `{m['first_layer']}` gets ‖g‖ "
+                                 f"{m['first_layer_grad_norm']:.2g}, {r:.2g}× that of `{m['last_layer']}`, "
+                                 f"and the loss fell only {m['loss_drop'] or 0:.1%}", ("grad_rate", "first_layer_grad_norm", "loss_drop")))
         for group in (m.get("frozen_groups") or []) if o["fail_frozen_groups"] else []:
-            found.append(("fail", "dead", f"declared group '{group}' is frozen: none of its parameters is trainable"))
+            found.append(Finding("fail", "dead", f"declared group '{group}' is frozen: none of its parameters is trainable",
+                                 ("frozen_groups",)))
         for group in m.get("dead_groups") or []:
-            found.append(("fail", "dead", f"declared group '{group}' gets no gradient in {m['steps']} steps"))
+            found.append(Finding("fail", "dead", f"declared group '{group}' gets no gradient in {m['steps']} steps", ("dead_groups",)))
         norms = m.get("group_grad_norms") or {}
         for group in m.get("starved_groups") or []:
             top = max(norms, key=lambda g: norms[g] or 0)
-            found.append(("warn", "starved", f"declared group '{group}' is starved: median gradient norm {norms[group]:.2g}, "
-                                             f"{norms[group] / norms[top]:.2g}× that of '{top}' ({norms[top]:.2g})"))
+            found.append(Finding("warn", "starved", f"declared group '{group}' is starved: median gradient norm {norms[group]:.2g}, "
+                                 f"{norms[group] / norms[top]:.2g}× that of '{top}' ({norms[top]:.2g})",
+                                 ("starved_groups", "group_grad_norms")))
         if m["dead_param_count"] > o["max_dead_params"]:
             why = " (never reached by backward: a `.detach()` or an unused branch?)" if m["never_in_graph"] else ""
-            found.append(("fail", "dead", f"{m['dead_param_count']} parameters never received a nonzero gradient in "
-                                          f"{m['steps']} steps, in modules {', '.join(f'`{x}`' for x in m['dead_modules'][:4])}{why}"))
+            found.append(Finding("fail", "dead", f"{m['dead_param_count']} parameters never received a nonzero gradient in "
+                                 f"{m['steps']} steps, in modules {', '.join(f'`{x}`' for x in m['dead_modules'][:4])}{why}",
+                                 ("dead_param_count", "dead_modules")))
         u = m["update_ratio_median"]
         if u is not None:
+            # Updates too large for a post-LN stack are what warmup or pre-LN cure (Xiong et al. 2020); the
+            # runner drops pre-ln where no post-LN block exists.
             said, kind = f"median update/weight ratio {u:.2g} (healthy ≈ 1e-3)", "update-" + ("low" if u < 1e-3 else "high")
+            fixes = ("warmup-cosine", "pre-ln") if kind == "update-high" else ()
             if not o["update_ratio_fail_below"] <= u <= o["update_ratio_fail_above"]:
-                found.append(("fail", kind, f"{said}: learning rate far too {kind[7:]}"))
+                found.append(Finding("fail", kind, f"{said}: learning rate far too {kind[7:]}", ("update_ratio_median",), fixes))
             elif not o["update_ratio_warn_below"] <= u <= o["update_ratio_warn_above"]:
-                found.append(("warn", kind, f"{said}: learning rate probably too {kind[7:]}"))
-        return found
-
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m = evidence.metrics
-        found = self.findings(m)
-        if not found:
-            return "pass", (f"gradients healthy over {m['steps']} steps: median global norm {_num(m['global_norm_median'])}, "
-                            f"first/last rate {_num(m['grad_rate'])}, update ratio {_num(m['update_ratio_median'])}")
-        status = "fail" if any(s == "fail" for s, _, _ in found) else "warn"
-        text = next(t for s, _, t in found if s == status)
-        return status, text + (f" (+{len(found) - 1} more finding{'s' * (len(found) > 2)})" if len(found) > 1 else "")
-
-    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
-        """Clipping, warmup and pre-LN for exploding or non-finite gradients; warmup and pre-LN for oversized updates.
-
-        (The runner drops pre-ln where no post-LN block exists: updates too large for a post-LN stack
-        are what warmup or pre-LN cure, Xiong et al. 2020.)
-        """
-        kinds = {kind for _, kind, _ in self.findings(evidence.metrics)}
-        if kinds & {"nonfinite", "exploding"}:
-            return list(self.fixes)
-        return ["warmup-cosine", "pre-ln"] if "update-high" in kinds else []
-
+                found.append(Finding("warn", kind, f"{said}: learning rate probably too {kind[7:]}", ("update_ratio_median",), fixes))
+        return found or [Finding(
+            "pass", "healthy", f"gradients healthy over {m['steps']} steps: median global norm {_num(m['global_norm_median'])}, "
+            f"first/last rate {_num(m['grad_rate'])}, update ratio {_num(m['update_ratio_median'])}",
+            ("global_norm_median", "grad_rate", "update_ratio_median"))]
 
 def _num(value) -> str:
     return "n/a" if value is None else format(value, ".3g")

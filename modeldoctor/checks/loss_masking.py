@@ -49,7 +49,7 @@ class LossMasking(Check):
     masked-loss: average the per-position loss over masked positions only.
 
     A subject whose objective weights visible positions on purpose (an auxiliary reconstruction
-    loss) declares `capabilities["visible_loss_weight"]`; visible positions then pass.
+    loss) declares `capabilities.visible_loss_weight`; visible positions then pass.
 
     Options
     tolerance (1e-6): relative loss change below which a perturbation counts as "no effect".
@@ -82,7 +82,7 @@ class LossMasking(Check):
             "loss_change_visible": abs(visible_changed - base) / scale,
             "loss_change_masked": abs(masked_changed - base) / scale,
             "masked_fraction": float(masked.float().mean()),
-            "declared_visible_weight": subject.capabilities.get("visible_loss_weight"),
+            "declared_visible_weight": subject.capabilities.visible_loss_weight,
         }
         figure = Figure("bar", "Relative loss change when targets change", {
             "labels": ["visible targets changed", "masked targets changed"],

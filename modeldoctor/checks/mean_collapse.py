@@ -115,7 +115,7 @@ class MeanCollapse(Check):
         figures = [Figure("bar", "PSNR against the trivial predictor", {
             "labels": ["model", "mean predictor"], "values": [model_psnr, mean_psnr], "ylabel": "PSNR (dB)",
         })]
-        grid = subject.capabilities.get("grid_shape")
+        grid = subject.capabilities.grid_shape
         if grid:
             figures.append(self.field_figure(prediction, target, tuple(grid), subject.task.value_range))
         return Evidence(metrics=metrics, figures=figures)

@@ -89,7 +89,7 @@ class QueryCoverage(Check):
             covered = (train_counts >= self.options["min_count"]).numpy()
             coverage, expected = float(eval_probs[covered].sum()), expected_cell_coverage(eval_probs, train_draws)
             method = "cells"
-            grid = subject.capabilities.get("grid_shape")
+            grid = subject.capabilities.grid_shape
             if grid:
                 figures.append(Figure("images", "How often each position is queried", {"images": [
                     {"label": "training", "pixels": (train_counts / train_counts.max()).reshape(grid).tolist()},

@@ -69,7 +69,7 @@ class Retrieval(Check):
                        "max_items": 1000, "min_items": 50}
 
     def requires(self, subject: Subject) -> str | None:
-        if "embed" not in subject.capabilities:
+        if subject.capabilities.embed is None:
             return "needs the `embed` capability (one embedding per item and modality)"
         return None
 

@@ -1,6 +1,8 @@
-"""The Check contract: measure evidence on a copy of the subject, then judge it against options.
+"""The Check contract: measure on a copy of the evidence, then judge the measurement into findings.
 
 A check is a class in its own file under `modeldoctor/checks/`, registered with `@register_check`.
+It declares the evidence it needs (`needs`: "subject", "weights" or "trace"); the runner hands it
+that evidence (a copy of a subject) and skips it, with the reason, when the evidence is absent.
 Its docstring is its spec, with the headings What it checks / Why it matters / Evidence / Fixes /
 Options; `modeldoctor explain`, the HTML report and the case book all render that one text.
 """
@@ -12,15 +14,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import BudgetExceeded
-from .results import Evidence
-from .subject import Subject
+from .evidence import EVIDENCE_KINDS
+from .results import Finding, Measurement
 
 DOC_HEADINGS = ("What it checks", "Why it matters", "Evidence", "Fixes", "Options")
 
 
 @dataclass
 class CheckContext:
-    """What the runner hands a check besides the subject: its seed and time budget."""
+    """What the runner hands a check besides its evidence: its seed and time budget."""
 
     seed: int = 0
     deadline: float | None = None  # time.monotonic() value
@@ -34,14 +36,23 @@ class CheckContext:
 
 
 class Check:
-    """Base class. Subclasses set the class attributes and implement `measure` and `judge`."""
+    """Base class. Subclasses set the class attributes and implement `measure` and `judge`.
+
+    `fixes` lists every fix the check can prescribe (for its documentation); each finding names
+    the ones it prescribes.
+    """
 
     slug: ClassVar[str] = ""
     code: ClassVar[str] = ""
-    severity: ClassVar[str] = "error"  # error | warning | info: how bad a failure is
     title: ClassVar[str] = ""
+    needs: ClassVar[str] = "subject"  # one of EVIDENCE_KINDS
     fixes: ClassVar[tuple[str, ...]] = ()
     default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.needs not in EVIDENCE_KINDS:
+            raise TypeError(f"{cls.__name__}.needs must be one of {', '.join(EVIDENCE_KINDS)}, not {cls.needs!r}")
 
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.default_options)
@@ -49,24 +60,16 @@ class Check:
             raise ValueError(f"{self.slug}: unknown option(s) {', '.join(sorted(unknown))}")
         self.options = {**self.default_options, **options}
 
-    def requires(self, subject: Subject) -> str | None:
-        """Why this check cannot run on `subject` (it is then skipped), or None."""
+    def requires(self, target: Any) -> str | None:
+        """Why this check cannot run on `target` (its evidence; it is then skipped), or None."""
         return None
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, target: Any, ctx: CheckContext) -> Measurement:
         raise NotImplementedError
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        """(status, one-line summary) from the evidence and `self.options`."""
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """Findings from the measurement and `self.options`; at least one (a `pass` when all is well)."""
         raise NotImplementedError
-
-    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
-        """Fixes to list with the finding; by default all of `fixes` when the check does not pass."""
-        return list(self.fixes) if status in ("fail", "warn") else []
-
-    def advice(self, status: str, evidence: Evidence) -> list[str]:
-        """Extra lines for the finding (what a failure implies, what to look at); none by default."""
-        return []
 
     @classmethod
     def doc(cls) -> str:

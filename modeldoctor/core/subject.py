@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from .capabilities import Capabilities, check_names
+
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 PredictFn = Callable[[nn.Module, Batch], "tuple[torch.Tensor, torch.Tensor]"]
@@ -147,12 +149,10 @@ class Subject:
 
     Required: model, train_batches, eval_batches, loss, predict, task, recipe.
     Optional capabilities unlock checks: `queries` (query-coverage, random-queries), `masking`
-    (loss-masking, masked-loss), `codecs` (codec-roundtrip), `heads` (per-head mean-collapse);
-    others go in `capabilities`, e.g. "grid_shape" (H, W) of a
-    field, "param_groups" {group: [module prefixes]}, "fourier_buffers", "output_module",
-    "norm_blocks" (modules with a `norm_first` flag).
+    (loss-masking, masked-loss), `codecs` (codec-roundtrip), `heads` (per-head mean-collapse), and the
+    typed `capabilities` (see `Capabilities`: param groups, routers, modalities, ...). A plain mapping
+    given as `capabilities` is converted (an unknown name is an InputError).
     `config` is what the factory was built from; it is saved in checkpoints.
-    `output_module` is the module whose output is the prediction (default: the model itself).
     """
 
     name: str
@@ -168,9 +168,17 @@ class Subject:
     masking: MaskSpec | None = None
     codecs: dict[str, Codec] = field(default_factory=dict)
     heads: dict[str, Head] = field(default_factory=dict)
-    capabilities: dict[str, Any] = field(default_factory=dict)
+    capabilities: Capabilities = field(default_factory=Capabilities)
     fixes_applied: list[str] = field(default_factory=list)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.capabilities, Capabilities):
+            self.capabilities = Capabilities.from_mapping(self.capabilities or {})
+
+    def validate(self) -> None:
+        """Raise InputError when a declared capability names a module or tensor the model lacks."""
+        check_names(self.capabilities, self.model, {name: codec.module for name, codec in self.codecs.items()})
 
     def copy(self) -> "Subject":
         """A copy whose model (and recipe) can be changed without touching this one.
@@ -186,7 +194,7 @@ class Subject:
             codecs=codecs,
             recipe=replace(self.recipe),
             config=copy.deepcopy(self.config),
-            capabilities=dict(self.capabilities),
+            capabilities=replace(self.capabilities),
             fixes_applied=list(self.fixes_applied),
         )
 

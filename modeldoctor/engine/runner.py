@@ -1,7 +1,10 @@
-"""Runs a battery of checks on a subject and assembles the `modeldoctor.report/1` data.
+"""Runs a battery of checks on the evidence at hand and assembles the `modeldoctor.report/2` data.
 
-Each check gets its own copy of the subject (the model the next check sees is the one the user
-gave), a fixed seed, and a time budget. A check that raises is recorded as `error`; the rest still run.
+A check runs when the evidence it needs (`Check.needs`) is present, and is skipped with the reason
+otherwise. Each subject check gets its own copy of the subject (the model the next check sees is
+the one the user gave), a fixed seed, and a time budget. Everything a check does, `requires`
+included, runs behind the crash barrier: a check that raises is recorded as `error` and the rest
+still run. The runner derives each result's status, summary, fixes and notes from its findings.
 """
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ import traceback
 import zlib
 from typing import Any, Callable, Iterable
 
-from ..core.version import __version__
 from ..core.check import Check, CheckContext
 from ..core.errors import BudgetExceeded
+from ..core.evidence import MISSING, Evidence
 from ..core.registry import CHECKS, FIXES, get_check, load_plugins
-from ..core.results import CheckResult, clean, counts, worst_status
+from ..core.results import CheckResult, Finding, clean, counts, derive, ordered, worst_status
 from ..core.subject import Subject
+from ..core.version import __version__
 from ..probes.training import seed_everything
 
 ProgressFn = Callable[[str, str, "CheckResult | None"], None]  # (event "start"|"end", slug, result)
@@ -35,28 +39,41 @@ def check_seed(seed: int, slug: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(slug.encode())) % 2**31
 
 
-def fix_applies(name: str, subject: Subject) -> bool:
-    """Prescribe only fixes that are registered and can act on this subject."""
+def fix_applies(name: str, subject: Subject | None) -> bool:
+    """Prescribe only fixes that are registered and can act on this subject (any, without one)."""
     load_plugins()  # the built-in fixes register on first use
-    return name in FIXES and FIXES[name]().applicable(subject) is None
+    if name not in FIXES:
+        return False
+    return subject is None or FIXES[name]().applicable(subject) is None
+
+
+def as_evidence(evidence: Evidence | Subject) -> Evidence:
+    return evidence if isinstance(evidence, Evidence) else Evidence(subject=evidence)
 
 
 def run_check(
-    check: Check, subject: Subject, *, seed: int = 0, budget_s: float | None = None
+    check: Check, evidence: Evidence | Subject, *, seed: int = 0, budget_s: float | None = None, figures: bool = True,
 ) -> CheckResult:
-    """Run one check behind the crash barrier."""
+    """Run one check behind the crash barrier; `figures=False` skips building its figures."""
+    evidence = as_evidence(evidence)
     start = time.monotonic()
-    base = dict(check=check.slug, code=check.code, severity=check.severity, options=dict(check.options))
-    reason = check.requires(subject)
-    if reason:
-        return CheckResult(status="skip", summary=f"skipped: {reason}", **base)
+    base = dict(check=check.slug, code=check.code, evidence=check.needs, options=dict(check.options))
+    target = evidence.get(check.needs)
+    if target is None:
+        return CheckResult(status="skip", summary=f"skipped: {MISSING[check.needs]}", **base)
     ctx = CheckContext(seed=check_seed(seed, check.slug), deadline=None if budget_s is None else start + budget_s)
     try:
+        reason = check.requires(target)
+        if reason:
+            return CheckResult(status="skip", summary=f"skipped: {reason}", duration_s=time.monotonic() - start, **base)
         seed_everything(ctx.seed)
-        evidence = check.measure(subject.copy(), ctx)
-        status, summary = check.judge(evidence)
-        fixes = [name for name in check.prescribed_fixes(status, evidence) if fix_applies(name, subject)]
-        notes = list(evidence.notes) + check.advice(status, evidence)
+        measurement = check.measure(target.copy() if isinstance(target, Subject) else target, ctx)
+        findings = ordered(_legacy(check, check.judge(measurement), measurement))
+        status, summary = derive(findings)
+        prescribed = dict.fromkeys(fix for finding in findings if finding.status != "pass" for fix in finding.fixes)
+        fixes = [name for name in prescribed if fix_applies(name, evidence.subject)]
+        notes = list(measurement.notes) + [line for finding in findings for line in finding.advice]
+        drawn = [figure.to_dict() for figure in measurement.build_figures()] if figures else []
     except BudgetExceeded as error:
         return CheckResult(
             status="error", summary=f"exceeded its time budget of {budget_s:g}s: {error}",
@@ -68,35 +85,43 @@ def run_check(
             duration_s=time.monotonic() - start, error=traceback.format_exc(), **base,
         )
     return CheckResult(
-        status=status, summary=summary, metrics=evidence.metrics, fixes=fixes,
-        duration_s=time.monotonic() - start, figures=[f.to_dict() for f in evidence.figures],
-        notes=notes, **base,
+        status=status, summary=summary, findings=findings, metrics=measurement.metrics, fixes=fixes,
+        duration_s=time.monotonic() - start, figures=drawn, notes=notes, **base,
     )
 
 
 def run_battery(
-    subject: Subject,
+    evidence: Evidence | Subject,
     checks: Iterable[type[Check]] | None = None,
     *,
     options: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     budget_s: float | None = 120.0,
     progress: ProgressFn | None = None,
+    figures: bool = True,
 ) -> list[CheckResult]:
+    """One result per check, in order. A subject whose capabilities name missing modules is an InputError."""
+    evidence = as_evidence(evidence)
+    if evidence.subject is not None:
+        evidence.subject.validate()
     options = options or {}
     results = []
     for check_class in select_checks(None) if checks is None else checks:
         check = check_class(**options.get(check_class.slug, {}))
         if progress:
             progress("start", check.slug, None)
-        result = run_check(check, subject, seed=seed, budget_s=budget_s)
+        result = run_check(check, evidence, seed=seed, budget_s=budget_s, figures=figures)
         results.append(result)
         if progress:
             progress("end", check.slug, result)
     return results
 
 
-def subject_info(subject: Subject, checkpoint: str | None = None, sha256: str | None = None) -> dict:
+def subject_info(subject: Subject | None, checkpoint: str | None = None, sha256: str | None = None) -> dict:
+    """What the report says about what was examined (a subject's name and config, or just the file)."""
+    if subject is None:
+        return {"name": None, "checkpoint": checkpoint, "sha256": sha256, "config": {}, "description": "",
+                "fixes_applied": []}
     return {
         "name": subject.name,
         "checkpoint": checkpoint,
@@ -107,15 +132,29 @@ def subject_info(subject: Subject, checkpoint: str | None = None, sha256: str | 
     }
 
 
-def build_report(subject_data: dict, results: list[CheckResult]) -> dict:
-    """The canonical `modeldoctor.report/1` dict."""
+def build_report(subject_data: dict, results: list[CheckResult], *, evidence: Iterable[str] = ("subject",),
+                 figures: bool = True) -> dict:
+    """The canonical `modeldoctor.report/2` dict."""
     rows = [r.to_dict() for r in results]
     return {
-        "schema": "modeldoctor.report/1",
+        "schema": "modeldoctor.report/2",
         "tool_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "subject": clean(subject_data),
+        "evidence": list(evidence),
+        "figures": figures,
         "status": worst_status([r["status"] for r in rows]),
         "counts": counts(rows),
         "results": rows,
     }
+
+
+
+def _legacy(check, judged, measurement):  # TRANSITION: old-style (status, summary) judges
+    if not isinstance(judged, tuple):
+        return judged
+    status, summary = judged
+    fixes = check.prescribed_fixes(status, measurement) if hasattr(check, "prescribed_fixes") else \
+        (list(check.fixes) if status in ("fail", "warn") else [])
+    advice = check.advice(status, measurement) if hasattr(check, "advice") else []
+    return [Finding(status, "legacy", summary, (), tuple(fixes), tuple(advice))]

@@ -1,6 +1,8 @@
 """aux-recon-loss: add a small reconstruction loss on visible positions to a masked objective."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -32,7 +34,7 @@ class AuxReconLoss(Fix):
     Replaces the subject's loss with the per-position loss (`MaskSpec.per_position_loss`)
     averaged over the masked positions, plus 0.1 times its average over the visible positions.
     The weight keeps the copy task from dominating; the subject declares it in
-    `capabilities["visible_loss_weight"]`, so `loss-masking` accepts the visible positions it adds.
+    `capabilities.visible_loss_weight`, so `loss-masking` accepts the visible positions it adds.
     The model and the data stay as they are.
 
     Why
@@ -58,4 +60,4 @@ class AuxReconLoss(Fix):
     def apply(self, subject: Subject) -> None:
         subject.loss = MaskedPlusVisibleLoss(subject.masking)
         # Declared, so that loss-masking knows the visible positions count on purpose.
-        subject.capabilities = {**subject.capabilities, "visible_loss_weight": WEIGHT}
+        subject.capabilities = replace(subject.capabilities, visible_loss_weight=WEIGHT)

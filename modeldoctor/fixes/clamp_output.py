@@ -29,7 +29,7 @@ class ClampOutput(Fix):
 
     What it changes
     Adds a forward hook on the subject's output module (the model unless the subject declares
-    `capabilities["output_module"]`) that clamps predictions to `task.value_range`. The clamp is
+    `capabilities.output_module`) that clamps predictions to `task.value_range`. The clamp is
     straight-through: values are bounded, but gradients flow as if unclamped, so predictions
     that stray out of range are still pulled back instead of going silent.
 
@@ -57,7 +57,7 @@ class ClampOutput(Fix):
 
     def apply(self, subject: Subject) -> None:
         low, high = subject.task.value_range
-        target = subject.capabilities.get("output_module") or subject.model
+        target = subject.capabilities.output_module or subject.model
         if isinstance(target, str):
             target = subject.model.get_submodule(target)
         target.register_forward_hook(StraightThroughClamp(float(low), float(high)))

@@ -14,14 +14,14 @@ NOISE = 0.1  # new codes: a live code plus this × the live codes' per-dimension
 
 
 def resize_factor(subject: Subject, name: str) -> int:
-    """`capabilities["codebook_resize_factor"]`: an int for every codec or {codec: int}; default 16."""
-    factor = subject.capabilities.get("codebook_resize_factor", FACTOR)
+    """`capabilities.codebook_resize_factor`: an int for every codec or {codec: int}; default 16."""
+    factor = subject.capabilities.codebook_resize_factor or FACTOR
     return int(factor.get(name, FACTOR) if isinstance(factor, dict) else factor)
 
 
 def dependents(subject: Subject, name: str) -> list[str]:
-    """Qualified names of modules whose vocabulary is codec `name`'s K (`capabilities["codebook_dependents"]`)."""
-    return list((subject.capabilities.get("codebook_dependents") or {}).get(name, []))
+    """Qualified names of modules whose vocabulary is codec `name`'s K (`capabilities.codebook_dependents`)."""
+    return list((subject.capabilities.codebook_dependents or {}).get(name, []))
 
 
 def dependent_problem(subject: Subject, qualified: str, k: int) -> str | None:
@@ -102,16 +102,16 @@ class CodebookResize(Fix):
 
     What it changes
     For every codec that follows the codebook protocol (see `modeldoctor.vq`), the codebook
-    grows from K to 16·K codes (per subject: `capabilities["codebook_resize_factor"]`, an int or
+    grows from K to 16·K codes (per subject: `capabilities.codebook_resize_factor`, an int or
     {codec: int}). The old codes keep their rows and ids; each new code is a live code, drawn in
     proportion to its use over the codec's samples, plus noise of 10% of the codes' spread
     (codebook splitting, Linde-Buzo-Gray). Buffers listed in the quantizer's `per_code_buffers`
     grow alike, and `num_codes` attributes and `Codec.num_codes` are updated. The modules listed
-    in `capabilities["codebook_dependents"][codec]` (the seed's `vocab_sizes`: nn.Embedding with
+    in `capabilities.codebook_dependents[codec]` (the seed's `vocab_sizes`: nn.Embedding with
     K rows, nn.Linear with K outputs or inputs) grow too, keeping their rows: new embedding and
     logit rows start at the mean of the old ones, new input columns at zero. State-dict keys keep
     their names but change shape; a patched checkpoint replays the fix before loading weights.
-    The fix applies only to codecs listed in `capabilities["codebook_dependents"]` (an empty list
+    The fix applies only to codecs listed in `capabilities.codebook_dependents` (an empty list
     when nothing reads the codes): growing K while a layer still expects K codes would index past it.
 
     Why
@@ -137,12 +137,12 @@ class CodebookResize(Fix):
         targets, reasons = codec_targets(subject)
         if not targets:
             return "; ".join(reasons) if reasons else "the subject declares no codecs (capability `codecs`)"
-        declared = subject.capabilities.get("codebook_dependents")
+        declared = subject.capabilities.codebook_dependents
         for target in targets:
             if declared is None or target.name not in declared:
                 # Growing K without growing what reads the codes would index past those layers.
                 return (f"codec '{target.name}': declare what depends on its codebook size in "
-                        f"capabilities['codebook_dependents'] (an empty list if nothing does)")
+                        f"capabilities.codebook_dependents (an empty list if nothing does)")
             if resize_factor(subject, target.name) < 2:
                 return f"codec '{target.name}': codebook_resize_factor must be an integer ≥ 2"
             for qualified in dependents(subject, target.name):

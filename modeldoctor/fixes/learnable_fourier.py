@@ -16,7 +16,7 @@ def fourier_buffers(subject: Subject) -> list[str]:
     By convention, a floating 2-D buffer named like a frequency matrix (B, freqs, ...) or held by a
     module whose class name mentions Fourier.
     """
-    declared = subject.capabilities.get("fourier_buffers")
+    declared = subject.capabilities.fourier_buffers
     if declared:
         return list(declared)
     found = []
@@ -34,7 +34,7 @@ class LearnableFourier(Fix):
     """Learnable Fourier features: make fixed random frequency matrices trainable.
 
     What it changes
-    Every Fourier-feature frequency buffer (declared in `capabilities["fourier_buffers"]`, or a
+    Every Fourier-feature frequency buffer (declared in `capabilities.fourier_buffers`, or a
     2-D float buffer named like B/freqs or owned by a module whose class name mentions Fourier)
     becomes an `nn.Parameter` with the same name and values, so the optimizer tunes the
     frequencies. The state-dict keys do not change.

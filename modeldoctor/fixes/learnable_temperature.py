@@ -14,8 +14,8 @@ CLIP_INIT_TAU = 0.07
 
 
 def temperature_owner(subject: Subject) -> tuple[nn.Module, str] | None:
-    """(module holding it, attribute name) of the tensor named by `capabilities["temperature"]`, or None."""
-    qualified = subject.capabilities.get("temperature")
+    """(module holding it, attribute name) of the tensor named by `capabilities.temperature`, or None."""
+    qualified = subject.capabilities.temperature
     if not qualified:
         return None
     owner_name, _, name = qualified.rpartition(".")
@@ -31,7 +31,7 @@ class LearnableTemperature(Fix):
     """Learnable temperature: log(1/τ) becomes a trained parameter starting at τ = 0.07.
 
     What it changes
-    The tensor named by `capabilities["temperature"]`, which holds log(1/τ) (CLIP's
+    The tensor named by `capabilities.temperature`, which holds log(1/τ) (CLIP's
     `logit_scale`), becomes a trainable `nn.Parameter` of the same name initialised to
     log(1/0.07) ≈ 2.66; a buffer is replaced, a frozen parameter is re-initialised and unfrozen.
     The state-dict key does not change. The subject's loss must read the temperature from the
@@ -57,11 +57,11 @@ class LearnableTemperature(Fix):
     seed = "002"
 
     def applicable(self, subject: Subject) -> str | None:
-        if not subject.capabilities.get("temperature"):
+        if not subject.capabilities.temperature:
             return "the subject declares no temperature (capability `temperature`)"
         found = temperature_owner(subject)
         if found is None:
-            return f"the model has no buffer or parameter {subject.capabilities['temperature']!r}"
+            return f"the model has no buffer or parameter {subject.capabilities.temperature!r}"
         owner, name = found
         if name in owner._parameters and owner._parameters[name].requires_grad:
             return "the temperature is already a trainable parameter"

@@ -12,7 +12,7 @@ from ..core.subject import Subject
 
 def frozen_towers(subject: Subject) -> list[str]:
     """Declared groups (`param_groups`) with linear layers but no trainable parameter."""
-    groups = subject.capabilities.get("param_groups") or {}
+    groups = subject.capabilities.param_groups or {}
     named = list(subject.model.named_parameters())
     modules = list(subject.model.named_modules())
     frozen = []
@@ -29,7 +29,7 @@ class LoraAllTowers(Fix):
     """LoRA on every tower: wrap the frozen linear layers of towers that have nothing to train.
 
     What it changes
-    For every declared parameter group (`capabilities["param_groups"]`, one per modality tower)
+    For every declared parameter group (`capabilities.param_groups`, one per modality tower)
     with no trainable parameter, every plain `nn.Linear` under its module prefixes, projections
     included, becomes a `LoRALinear` of rank 8 (alpha 16): the base weight and bias stay frozen
     and keep their names, and a trainable update B·A with B = 0 is added, so the model computes
@@ -54,12 +54,12 @@ class LoraAllTowers(Fix):
     seed = "002"
 
     def applicable(self, subject: Subject) -> str | None:
-        if not subject.capabilities.get("param_groups"):
+        if not subject.capabilities.param_groups:
             return "the subject declares no towers (capability `param_groups`)"
         return None if frozen_towers(subject) else "every declared tower already has trainable parameters"
 
     def apply(self, subject: Subject) -> None:
-        groups = subject.capabilities["param_groups"]
+        groups = subject.capabilities.param_groups
         for group in frozen_towers(subject):
             for prefix in groups[group]:
                 wrap_lora(subject.model, prefix, rank=DEFAULT_RANK, alpha=DEFAULT_ALPHA)

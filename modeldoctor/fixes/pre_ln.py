@@ -12,9 +12,9 @@ STACK_TYPES = (nn.TransformerEncoder, nn.TransformerDecoder)
 
 
 def norm_blocks(subject: Subject) -> list[nn.Module]:
-    """PyTorch encoder/decoder layers, plus the blocks the subject declares in `capabilities["norm_blocks"]`."""
+    """PyTorch encoder/decoder layers, plus the blocks the subject declares in `capabilities.norm_blocks`."""
     blocks = [m for m in subject.model.modules() if isinstance(m, LAYER_TYPES)]
-    blocks += [subject.model.get_submodule(name) for name in subject.capabilities.get("norm_blocks", [])]
+    blocks += [subject.model.get_submodule(name) for name in subject.capabilities.norm_blocks]
     return blocks
 
 
@@ -32,7 +32,7 @@ class PreLN(Fix):
 
     What it changes
     Sets `norm_first = True` on every `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer`
-    and on the blocks a subject declares in `capabilities["norm_blocks"]` (modules with a
+    and on the blocks a subject declares in `capabilities.norm_blocks` (modules with a
     `norm_first` flag). A PyTorch encoder/decoder stack without a final norm gets a LayerNorm,
     which pre-LN needs before the head. Existing weights keep their names; the new final norm
     adds `<stack>.norm.weight/bias` (re-created when a patched checkpoint is loaded).
@@ -57,7 +57,7 @@ class PreLN(Fix):
     def applicable(self, subject: Subject) -> str | None:
         blocks = norm_blocks(subject)
         if not blocks:
-            return "found no transformer layer with a norm_first switch (declare custom blocks in capabilities['norm_blocks'])"
+            return "found no transformer layer with a norm_first switch (declare custom blocks in capabilities.norm_blocks)"
         if all(block.norm_first for block in blocks):
             return "every transformer block is already pre-LN"
         return None

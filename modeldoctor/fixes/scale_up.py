@@ -11,8 +11,8 @@ WIDTH_FACTOR, DEPTH_FACTOR = 2, 2
 
 
 def scale_keys(subject: Subject) -> dict[str, int]:
-    """Config keys to multiply: the subject's `capabilities["scale_keys"]` {key: factor}, else by convention."""
-    declared = subject.capabilities.get("scale_keys")
+    """Config keys to multiply: the subject's `capabilities.scale_keys` {key: factor}, else by convention."""
+    declared = subject.capabilities.scale_keys
     if declared:
         return dict(declared)
     keys = {key: WIDTH_FACTOR for key in WIDTH_KEYS if isinstance(subject.config.get(key), int)}
@@ -26,7 +26,7 @@ class ScaleUp(Fix):
 
     What it changes
     Multiplies the width and depth entries of the subject's config (declared in
-    `capabilities["scale_keys"]` as {key: factor}, or found by name: d_model/hidden/width ×2,
+    `capabilities.scale_keys` as {key: factor}, or found by name: d_model/hidden/width ×2,
     n_layers/depth ×2), rebuilds the subject with its registered factory, and re-applies the fixes
     applied before this one. The stored config stays as it was; the checkpoint records `scale-up`,
     and loading replays it, so the saved weights fit.
@@ -49,7 +49,7 @@ class ScaleUp(Fix):
     seed = "000"
 
     def applicable(self, subject: Subject) -> str | None:
-        return None if scale_keys(subject) else "its config has no width or depth entry (declare capabilities['scale_keys'])"
+        return None if scale_keys(subject) else "its config has no width or depth entry (declare capabilities.scale_keys)"
 
     def apply(self, subject: Subject) -> None:
         scaled = {**subject.config, **{key: subject.config[key] * factor for key, factor in scale_keys(subject).items()}}

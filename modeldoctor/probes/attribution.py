@@ -65,7 +65,7 @@ def take_rows(batch: Any, rows: torch.Tensor, batch_size: int) -> Any:
 
 def example_scores(subject: Subject, model: nn.Module, batch: Any) -> torch.Tensor:
     """The scalar per example that is attributed (see the module docstring): (N,)."""
-    output = subject.capabilities.get("attribution_output")
+    output = subject.capabilities.attribution_output
     if output is not None:
         return output(model, batch).reshape(-1)
     prediction, target = subject.predict(model, batch)
@@ -92,12 +92,12 @@ def modality_attribution(
     caps = subject.capabilities
     if subject.task.kind == "retrieval":
         raise AttributionUnavailable("retrieval scores are not attributed")
-    if not caps.get("embedding_layer") or not caps.get("token_modalities"):
+    if not caps.embedding_layer or not caps.token_modalities:
         raise AttributionUnavailable("needs capabilities `embedding_layer` and `token_modalities`")
     try:
-        layer = model.get_submodule(caps["embedding_layer"])
+        layer = model.get_submodule(caps.embedding_layer)
     except AttributeError as error:
-        raise AttributionUnavailable(f"no module {caps['embedding_layer']!r} in the model") from error
+        raise AttributionUnavailable(f"no module {caps.embedding_layer!r} in the model") from error
     model.eval()
     seen: dict[str, Any] = {"calls": 0, "substitute": None}
 
@@ -114,12 +114,12 @@ def modality_attribution(
             subject.predict(model, batch)
         embedded = seen.get("output")
         if seen["calls"] != 1 or not isinstance(embedded, torch.Tensor) or embedded.dim() != 3:
-            raise AttributionUnavailable(f"`{caps['embedding_layer']}` must run once per forward and give (B, S, d); "
+            raise AttributionUnavailable(f"`{caps.embedding_layer}` must run once per forward and give (B, S, d); "
                                          f"it ran {seen['calls']} time(s)")
         batch_size = embedded.shape[0]
         n = min(examples, batch_size)
         subset = take_rows(batch, torch.arange(n), batch_size)
-        masks = {name: torch.as_tensor(mask).bool() for name, mask in caps["token_modalities"](subset).items()}
+        masks = {name: torch.as_tensor(mask).bool() for name, mask in caps.token_modalities(subset).items()}
         positions = embedded.shape[1]
         masks = {name: (mask if mask.dim() == 2 else mask[None].expand(n, -1))[:n] for name, mask in masks.items()
                  if mask.shape[-1] == positions}

@@ -1,6 +1,6 @@
 """Cross-modal retrieval: embedding collection, ranks, R@K, mAP, chance levels and an InfoNCE loss.
 
-A retrieval subject declares `capabilities["embed"]`: embed(model, batch) -> {modality: (B, D)},
+A retrieval subject declares `capabilities.embed`: embed(model, batch) -> {modality: (B, D)},
 one embedding per item per modality, row i of every modality being the same item. Embeddings are
 L2-normalised and compared by cosine similarity. For a direction a→b, each item's a-embedding is
 a query and the b-embeddings of all N items are the gallery; the query's one relevant item is its
@@ -34,7 +34,7 @@ def collect_embeddings(subject: Subject, *, model: nn.Module | None = None, batc
 
     Stops after `max_items` items; every modality keeps the same N rows (the same items).
     """
-    embed = subject.capabilities["embed"]
+    embed = subject.capabilities.embed
     model = subject.model if model is None else model
     was_training = model.training
     model.eval()

@@ -120,18 +120,16 @@ NO_ROUTERS = ("no mixture-of-experts router found: declare capability `routers`,
 
 
 def declared_routers(subject: Subject) -> list[Router] | None:
-    specs = subject.capabilities.get("routers")
+    specs = subject.capabilities.routers
     if specs is None:
         return None
     modules = dict(subject.model.named_modules())
     routers = []
-    for spec in specs:
-        spec = {"gate": spec} if isinstance(spec, str) else spec
-        experts = spec.get("experts")
-        num = spec.get("num_experts") or (len(list(modules[experts].children())) if experts else None)
+    for spec in specs:  # RouterSpec (core.capabilities)
+        num = spec.num_experts or (len(list(modules[spec.experts].children())) if spec.experts else None)
         if num is None:
-            raise ValueError(f"router {spec['gate']!r}: declare num_experts or experts")
-        routers.append(Router(spec["gate"], experts, int(num), spec.get("top_k")))
+            raise ValueError(f"router {spec.gate!r}: declare num_experts or experts")
+        routers.append(Router(spec.gate, spec.experts, int(num), spec.top_k))
     return routers
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.registry import register_subject
+from ..core.capabilities import Capabilities
 from ..core.subject import Codec, Head, Recipe, Subject, Task
 from ..nn.vq import PatchTokenizer, ScalarBinning, VectorQuantizer
 from . import Sample, register_sample
@@ -274,11 +275,11 @@ def build(config: dict | None = None) -> Subject:
         config=cfg,
         codecs=codecs,
         heads={"redshift": Head("regression", predict_redshift), "spectrum": Head("signal", predict_spectrum)},
-        capabilities={
+        capabilities=Capabilities(
             # attention checks: the observed modalities that predict() feeds (it hides the scalar tokens)
-            "token_modalities": lambda batch: {name: modality_mask(1, [name])[0] for name in ("image", "spectrum", "curve")},
-            "embedding_layer": "embed",
-        },
+            token_modalities=lambda batch: {name: modality_mask(1, [name])[0] for name in ("image", "spectrum", "curve")},
+            embedding_layer="embed",
+        ),
         description="masked multimodal transformer over galaxy tokens; "
         + ("collapsed image and spectrum codebooks, constant LR" if cfg["codebook_init"] == "collapsed"
            else "k-means codebooks, warmup + cosine"),

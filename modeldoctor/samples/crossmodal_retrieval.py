@@ -26,6 +26,7 @@ from torch import nn
 from ..nn.lora import wrap_lora
 from ..core.registry import register_subject
 from ..probes.retrieval_metrics import info_nce
+from ..core.capabilities import Capabilities
 from ..core.subject import Recipe, Subject, Task
 from . import Sample, register_sample
 
@@ -169,11 +170,11 @@ def build(config: dict | None = None) -> Subject:
         task=Task(kind="retrieval", metric="recall@1", higher_is_better=True),
         recipe=Recipe(optimizer="adam", lr=cfg["lr"], steps=cfg["steps"]),
         config=cfg,
-        capabilities={
-            "embed": embed,
-            "param_groups": {name: [f"towers.{name}"] for name in cfg["modalities"]},
-            "temperature": "logit_scale",
-        },
+        capabilities=Capabilities(
+            embed=embed,
+            param_groups={name: [f"towers.{name}"] for name in cfg["modalities"]},
+            temperature="logit_scale",
+        ),
         description=f"three-tower contrastive retrieval; LoRA rank {cfg['lora_rank']} on {lora_said}, "
         f"{'learnable' if learnable else 'fixed'} temperature τ = {tau:g}",
     )

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.registry import register_subject
+from ..core.capabilities import Capabilities
 from ..core.subject import Recipe, Subject, Task
 from . import Sample, register_sample
 
@@ -204,7 +205,7 @@ def build(config: dict | None = None) -> Subject:
         task=Task(kind="tokens", metric="accuracy", num_classes=cfg["vocab"]),
         recipe=Recipe(optimizer="adam", lr=cfg["lr"], steps=cfg["steps"]),
         config=cfg,
-        capabilities={"token_modalities": token_modalities, "embedding_layer": "embed"},
+        capabilities=Capabilities(token_modalities=token_modalities, embedding_layer="embed"),
         description="top-2 MoE transformer; gate-weighted experts, balancing loss, gate noise" if balanced
         else "top-2 MoE transformer; no balancing loss or gate noise, zero-init router that the task never trains",
     )

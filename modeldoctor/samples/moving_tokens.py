@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.registry import register_subject
+from ..core.capabilities import Capabilities
 from ..core.subject import MaskSpec, Recipe, Subject, Task
 from . import Sample, register_sample
 
@@ -178,12 +179,12 @@ def build(config: dict | None = None) -> Subject:
             with_targets=lambda batch, targets: {**batch, "targets": targets},
             per_position_loss=per_position_loss,
         ),
-        capabilities={
+        capabilities=Capabilities(
             # attention checks: the keys of each context frame (the future frame is all [MASK] in the input)
-            "token_modalities": lambda batch: {f"frame {t}": torch.arange(batch["input"].shape[1]) // (GRID * GRID) == t
+            token_modalities=lambda batch: {f"frame {t}": torch.arange(batch["input"].shape[1]) // (GRID * GRID) == t
                                                for t in range(cfg["n_frames"] - 1)},
-            "embedding_layer": "embed",
-        },
+            embedding_layer="embed",
+        ),
         description="token video predictor; the loss counts visible positions, constant LR, post-LN"
         if cfg["loss_on"] == "all"
         else "token video predictor; masked-only loss, warmup + cosine, pre-LN",

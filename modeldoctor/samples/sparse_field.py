@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..core.registry import register_subject
+from ..core.capabilities import Capabilities
 from ..core.subject import QuerySpace, Recipe, Subject, Task
 from . import Sample, register_sample
 
@@ -186,7 +187,7 @@ def build(config: dict | None = None) -> Subject:
             space=coords,
             resample=lambda batch, gen: resample_queries(batch, gen, cfg["n_random_queries"], coords),
         ),
-        capabilities={"grid_shape": (size, size)},
+        capabilities=Capabilities(grid_shape=(size, size)),
         description="32×32 fields from 51 observed pixels; trained on 51 fixed query pixels"
         if cfg["train_queries"] == "fixed"
         else "32×32 fields from 51 observed pixels; trained on random query pixels",
