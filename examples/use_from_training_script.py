@@ -16,7 +16,6 @@ from torch import nn
 
 import modeldoctor
 
-
 # --- your code: data, model, loss, training loop ---------------------------------------------
 
 def make_batches(n: int, batch_size: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:

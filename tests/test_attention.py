@@ -3,7 +3,6 @@
 The models here are written differently from the samples on purpose (other names, other wiring):
 the capture must find attention by what it computes, not by how a sample happens to spell it.
 """
-from modeldoctor.core.capabilities import Capabilities
 import math
 
 import pytest
@@ -12,12 +11,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.functional import scaled_dot_product_attention as fused_attention
 
+from modeldoctor.core.capabilities import Capabilities
+from modeldoctor.core.registry import build_subject, get_check, load_plugins
+from modeldoctor.core.subject import regression_subject
+from modeldoctor.engine.runner import run_check
 from modeldoctor.probes.attention_maps import capture_attention, modality_mass, normalized_entropy, record_attention
 from modeldoctor.probes.attribution import modality_attribution
-from modeldoctor.core.registry import build_subject, get_check, load_plugins
 from modeldoctor.report.figures import figure_svg
-from modeldoctor.engine.runner import run_check
-from modeldoctor.core.subject import regression_subject
 
 load_plugins()
 ORIGINAL = {"sdpa": F.scaled_dot_product_attention}  # in a dict: a module-level name would be patched too

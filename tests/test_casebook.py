@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from modeldoctor.engine.casebook import case_readme, load_cases
 from modeldoctor.core.registry import CHECKS, get_check, load_plugins
+from modeldoctor.engine.casebook import case_readme, load_cases
 from modeldoctor.engine.runner import run_check
 
 ROOT = Path(__file__).resolve().parents[1] / "checks"
@@ -35,7 +35,7 @@ def test_every_check_has_a_casebook_folder_with_a_trigger_and_a_healthy_case():
 
 @pytest.mark.parametrize("slug", sorted(CHECKS))
 def test_casebook_readme_is_generated_from_docstring(slug):
-    assert (ROOT / slug / "README.md").read_text() == case_readme(CHECKS[slug]), "run `python -m modeldoctor.casebook`"
+    assert (ROOT / slug / "README.md").read_text() == case_readme(CHECKS[slug]), "run `python -m modeldoctor.engine.casebook`"
 
 
 @pytest.mark.parametrize("slug", sorted(CHECKS))

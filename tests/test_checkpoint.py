@@ -8,14 +8,13 @@ import pickle
 
 import pytest
 import torch
+from conftest import TINY_CONFIG
 from safetensors.torch import save_file
 from torch import nn
 
 import modeldoctor
-from conftest import TINY_CONFIG
-from modeldoctor.engine.checkpoint import fit_report, load_checkpoint, read_config_file, save_checkpoint
 from modeldoctor.core.errors import InputError
-
+from modeldoctor.engine.checkpoint import fit_report, load_checkpoint, read_config_file, save_checkpoint
 
 
 @pytest.fixture(scope="module")

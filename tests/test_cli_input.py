@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, TINY_CONFIG, run_cli
 
 import modeldoctor
-from conftest import REPO_ROOT, TINY_CONFIG, run_cli
 from modeldoctor.core import registry
-
 
 EXAMPLES = REPO_ROOT / "examples"
 PLUGIN_FILE = EXAMPLES / "custom_model_plugin.py"

@@ -9,8 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from modeldoctor.core.capabilities import Capabilities
-
 from modeldoctor import (
     Codec,
     apply_fixes,
@@ -20,15 +18,15 @@ from modeldoctor import (
     run_check,
     save_checkpoint,
 )
-from modeldoctor.engine.casebook import load_cases
 from modeldoctor.checks.codec_roundtrip import (
     CodecRoundtrip,
     id_ranges,
     image_fidelity,
     signal_fidelity,
 )
-from modeldoctor.probes.numerics import code_usage
+from modeldoctor.core.capabilities import Capabilities
 from modeldoctor.core.registry import SUBJECTS, get_fix, load_plugins
+from modeldoctor.engine.casebook import load_cases
 from modeldoctor.nn.vq import (
     PatchTokenizer,
     ScalarBinning,
@@ -36,6 +34,7 @@ from modeldoctor.nn.vq import (
     kmeans,
 )
 from modeldoctor.probes.codebooks import recorded_latents
+from modeldoctor.probes.numerics import code_usage
 
 load_plugins()  # registers the fixes the runner filters prescriptions by
 CASES, _ = load_cases(Path(__file__).resolve().parents[1] / "checks" / "codec-roundtrip")

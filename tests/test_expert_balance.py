@@ -3,15 +3,14 @@ import math
 
 import pytest
 import torch
-
-from modeldoctor.core.capabilities import RouterSpec
 from torch import nn
 from torch.nn import functional as F
 
 import modeldoctor
 from modeldoctor import apply_fixes, build_subject, regression_subject, run_check
 from modeldoctor.checks.expert_balance import ExpertBalance
-from modeldoctor.probes.routing import RouterRecord, Router, capture_routing, find_routers, layer_stats, subject_routers, z_loss
+from modeldoctor.core.capabilities import RouterSpec
+from modeldoctor.probes.routing import Router, RouterRecord, capture_routing, find_routers, layer_stats, subject_routers, z_loss
 from modeldoctor.probes.training import seed_everything, train
 
 D = 12

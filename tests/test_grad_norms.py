@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from modeldoctor import CheckContext, Recipe, regression_subject, run_check, train
-from modeldoctor.engine.casebook import load_cases
 from modeldoctor.checks.grad_norms import GradNorms
+from modeldoctor.engine.casebook import load_cases
+from modeldoctor.engine.runner import build_report
 from modeldoctor.probes.gradtrace import GradTracer, locate_nonfinite
 from modeldoctor.report import render_html
-from modeldoctor.engine.runner import build_report
 
 CASES, _ = load_cases(Path(__file__).resolve().parents[1] / "checks" / "grad-norms")
 

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from modeldoctor import Measurement, Recipe, regression_subject
-from modeldoctor.core.results import derive
-from modeldoctor.engine.casebook import load_cases
 from modeldoctor.checks.lr_range import LRRange, ema_smooth, factor
 from modeldoctor.core.registry import load_plugins
-from modeldoctor.report import figure_svg
+from modeldoctor.core.results import derive
+from modeldoctor.engine.casebook import load_cases
 from modeldoctor.engine.runner import run_check
+from modeldoctor.report import figure_svg
 
 load_plugins()  # registers the fixes that the check prescribes
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from modeldoctor.probes.numerics import (
-    expected_cell_coverage, expected_coverage, mse, paired_interval, pearson, psnr_db, variance_ratio,
+    expected_cell_coverage,
+    expected_coverage,
+    mse,
+    paired_interval,
+    pearson,
+    psnr_db,
+    variance_ratio,
 )
 
 

@@ -78,4 +78,4 @@ def test_demo_wiring_with_a_short_budget(tmp_path):
     for name in ("sparse-field-report.html", "sparse-field-report.json", "sparse-field-failing.pt"):
         assert (tmp_path / "reports" / name).is_file()
     data = json.loads((tmp_path / "reports" / "sparse-field-report.json").read_text())
-    assert data["report"]["schema"] == "modeldoctor.report/1" and data["bench"]["schema"] == "modeldoctor.bench/1"
+    assert data["report"]["schema"] == "modeldoctor.report/2" and data["bench"]["schema"] == "modeldoctor.bench/1"

@@ -35,6 +35,11 @@ The training data loader.
 """
 
 
+def finding(status: str, kind: str, message: str, *, metrics=(), fixes=(), advice=()) -> dict:
+    return {"status": status, "kind": kind, "message": message, "metrics": list(metrics), "fixes": list(fixes),
+            "advice": list(advice)}
+
+
 def sample_report() -> dict:
     """A report with every status, every figure kind and some awkward strings."""
     figures = [
@@ -48,38 +53,48 @@ def sample_report() -> dict:
             {"label": "prediction", "pixels": [[0.5, 0.5], [0.5, 0.5]]}]},
     ]
     return {
-        "schema": "modeldoctor.report/1", "tool_version": "0.1.0", "created": "2024-01-01T00:00:00",
+        "schema": "modeldoctor.report/2", "tool_version": "0.1.0", "created": "2024-01-01T00:00:00",
         "subject": {"name": f"sparse-field {XSS}", "checkpoint": "/tmp/sparse field.pt",
                     "sha256": "ab" * 32, "config": {"note": XSS, "lr": 1e-3, "steps": 400},
                     "description": "fixed 51 query pixels", "fixes_applied": []},
+        "evidence": ["subject", "weights"], "figures": True,
         "status": "error",
         "counts": {"pass": 1, "warn": 1, "fail": 1, "skip": 1, "error": 1},
         "results": [
-            {"check": "mean-collapse", "code": "MD101", "status": "fail", "severity": "error",
-             "summary": "PSNR 6.1 dB equals the <b>mean</b> baseline [red]x[/red]",
+            {"check": "mean-collapse", "code": "MD101", "status": "fail", "evidence": "subject",
+             "summary": "PSNR 6.1 dB equals the <b>mean</b> baseline [red]x[/red] (+1 more)",
+             "findings": [
+                 finding("fail", "collapse", "PSNR 6.1 dB equals the <b>mean</b> baseline [red]x[/red]",
+                         metrics=["psnr_db", "mean_baseline_psnr_db"], fixes=["random-queries", "clamp-output"]),
+                 finding("warn", "flat", f"predictions barely vary {XSS}", metrics=["per_seed"],
+                         advice=["a note <i>"]),
+             ],
              "metrics": {"psnr_db": 6.123456, "mean_baseline_psnr_db": 6.0, "ratio": None,
                          "per_seed": [1.23456, 2.0], "n": 1024},
              "fixes": ["random-queries", "clamp-output"], "duration_s": 1.234,
              "options": {"margin_db": 1.0}, "figures": figures, "notes": ["a note <i>"],
              "error": None},
-            {"check": "query-coverage", "code": "MD102", "status": "warn", "severity": "warning",
+            {"check": "query-coverage", "code": "MD102", "status": "warn", "evidence": "subject",
              "summary": "only 5% of query space seen", "metrics": {"coverage": 0.0498},
+             "findings": [finding("warn", "coverage", "only 5% of query space seen", metrics=["coverage"],
+                                  fixes=["random-queries"])],
              "fixes": ["random-queries"], "duration_s": 0.02, "options": {},
              "figures": [{"kind": "heatmap", "title": "queries seen", "matrix": [[1, 0], [None, 2]],
                           "colorbar": "count", "xticklabels": ["a", "b"], "yticklabels": ["c", "d"]}],
              "notes": [], "error": None},
-            {"check": "expert-balance", "code": "MD103", "status": "pass", "severity": "error",
-             "summary": "balanced", "metrics": {}, "fixes": [], "duration_s": 0.1, "options": {},
+            {"check": "expert-balance", "code": "MD103", "status": "pass", "evidence": "subject",
+             "summary": "balanced", "findings": [finding("pass", "healthy", "balanced")],
+             "metrics": {}, "fixes": [], "duration_s": 0.1, "options": {},
              "figures": [{"kind": "bar", "title": "load", "labels": ["e0", "e1", "e2"],
                           "values": [0.3, None, 0.4], "hlines": [{"y": 0.33, "label": "uniform"}],
                           "ylabel": "fraction"}],
              "notes": [], "error": None},
-            {"check": "codec-roundtrip", "code": "MD104", "status": "skip", "severity": "error",
-             "summary": "subject has no codec", "metrics": {}, "fixes": [], "duration_s": 0.0,
+            {"check": "codec-roundtrip", "code": "MD104", "status": "skip", "evidence": "subject",
+             "summary": "subject has no codec", "findings": [], "metrics": {}, "fixes": [], "duration_s": 0.0,
              "options": {}, "figures": [{"kind": "pie", "title": "unknown kind"}], "notes": [],
              "error": None},
-            {"check": "grad-norms", "code": "MD105", "status": "error", "severity": "error",
-             "summary": "check crashed", "metrics": {}, "fixes": [], "duration_s": 0.5, "options": {},
+            {"check": "grad-norms", "code": "MD105", "status": "error", "evidence": "subject",
+             "summary": "check crashed", "findings": [], "metrics": {}, "fixes": [], "duration_s": 0.5, "options": {},
              "figures": [], "notes": [], "error": f"Traceback: ValueError {XSS}"},
         ],
     }
@@ -254,3 +269,63 @@ def test_table_figure_renders_as_an_escaped_html_table() -> None:
     assert "<th>module</th>" in table and '<td class="num">1.235</td>' in table
     assert "<td>—</td>" in table and table.count("<tr>") == 3  # header + two rows
     assert "figure kind 'table' cannot be drawn" not in page
+
+
+# --- schema modeldoctor.report/2: findings, evidence kinds, figures on demand -------------------
+
+def card(page: str, slug: str) -> str:
+    start = page.index(f'id="check-{slug}"')
+    return page[start: page.index("</article>", start)]
+
+
+def test_findings_are_listed_under_the_summary_and_escaped(page: str) -> None:
+    two = card(page, "mean-collapse")
+    findings = two[two.index('<ul class="findings">'):]
+    findings = findings[: findings.index("</ul>")]
+    assert findings.count("<li>") == 2
+    assert 'class="badge fail ' in findings and 'class="badge warn ' in findings
+    assert f"predictions barely vary {XSS}" not in page
+    assert "predictions barely vary &lt;script&gt;alert(1)&lt;/script&gt;" in findings
+    assert "the &lt;b&gt;mean&lt;/b&gt; baseline" in findings and "<b>mean</b>" not in findings
+    assert "psnr_db, mean_baseline_psnr_db" in findings and '<span class="chip">clamp-output</span>' in findings
+    # One finding with details is listed; a lone bare pass is the summary already.
+    assert '<ul class="findings">' in card(page, "query-coverage")
+    assert '<ul class="findings">' not in card(page, "expert-balance")
+    assert "needs subject" in card(page, "grad-norms")
+
+
+def test_evidence_kinds_and_unbuilt_figures_are_said() -> None:
+    page = render_html(sample_report())
+    facts = page[page.index("<dt>evidence</dt>"):]
+    assert facts.index('<span class="chip">subject</span>') < facts.index('<span class="chip">weights</span>') < facts.index("</dd>")
+    assert "Figures were not built" not in page
+    report = sample_report()
+    report["figures"] = False
+    for result in report["results"]:
+        result["figures"] = []
+    assert "Figures were not built for this run" in render_html(report)
+    legacy = sample_report()
+    del legacy["figures"], legacy["evidence"]  # a report/1 says nothing about either
+    assert "Figures were not built" not in render_html(legacy) and "<dt>evidence</dt>" not in render_html(legacy)
+
+
+def test_terminal_says_which_checks_lacked_their_evidence() -> None:
+    def skipped(check: str, kind: str) -> dict:
+        return {"check": check, "status": "skip", "evidence": kind, "summary": "skipped", "fixes": []}
+
+    report = {"evidence": ["subject"], "results": [
+        {"check": "mean-collapse", "status": "pass", "evidence": "subject", "summary": "ok", "fixes": []},
+        skipped("codec-roundtrip", "subject"),  # skipped for its own reason, not for missing evidence
+        skipped("loss-spikes", "trace"), skipped("lr-schedule", "trace"), skipped("train-mode", "trace"),
+        skipped("optimizer-state", "weights"),
+    ]}
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    out = console.export_text()
+    assert "3 checks skipped: they need a recorded training run" in out
+    assert "1 check skipped: it needs the weights of a checkpoint" in out
+    assert out.count("skipped:") == 2
+
+    console = Console(record=True, width=200)
+    print_report(sample_report(), console)  # its one skip had its evidence
+    assert "skipped:" not in console.export_text()

@@ -1,8 +1,6 @@
 """Retrieval metrics, LoRA, the lora-all-towers and learnable-temperature fixes, and starved gradient groups."""
 from __future__ import annotations
 
-from modeldoctor.core.capabilities import Capabilities
-
 import math
 from pathlib import Path
 
@@ -10,15 +8,31 @@ import pytest
 import torch
 from torch import nn
 
-from modeldoctor import apply_fixes, build_subject, evaluate, load_checkpoint, regression_subject, run_check, save_checkpoint, train
-from modeldoctor.engine.casebook import load_cases
+from modeldoctor import (
+    apply_fixes,
+    build_subject,
+    evaluate,
+    load_checkpoint,
+    regression_subject,
+    run_check,
+    save_checkpoint,
+    train,
+)
 from modeldoctor.checks.grad_norms import GradNorms
 from modeldoctor.checks.retrieval import Retrieval
+from modeldoctor.core.capabilities import Capabilities
 from modeldoctor.core.errors import InputError
-from modeldoctor.nn.lora import LoRALinear, wrap_lora
 from modeldoctor.core.registry import load_plugins
+from modeldoctor.engine.casebook import load_cases
+from modeldoctor.nn.lora import LoRALinear, wrap_lora
 from modeldoctor.probes.retrieval_metrics import (
-    chance_baseline, chance_map, chance_recall, chance_recall_at, direction_metrics, match_ranks, mean_average_precision,
+    chance_baseline,
+    chance_map,
+    chance_recall,
+    chance_recall_at,
+    direction_metrics,
+    match_ranks,
+    mean_average_precision,
     recall_at,
 )
 

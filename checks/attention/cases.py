@@ -4,11 +4,11 @@ Twelve tokens, the first six of modality "a" and the last six of modality "b". Q
 positions and keys carry a hand-set logit matrix, so each case fixes exactly where the attention
 goes; values are the token embeddings and a linear readout gives one number per position.
 """
-from modeldoctor.core.capabilities import Capabilities
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from modeldoctor.core.capabilities import Capabilities
 from modeldoctor.core.subject import regression_subject
 
 POSITIONS, HALF, HEADS, DIM, VOCAB = 12, 6, 2, 8, 10

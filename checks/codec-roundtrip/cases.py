@@ -3,13 +3,13 @@
 The check runs only the codecs, so each subject's model is a trivial host: a 1x1 linear layer
 plus the tokenizers as submodules (so that `Codec.module` names them and the codebook fixes apply).
 """
-from modeldoctor.core.capabilities import Capabilities
 import math
 
 import torch
 from torch import nn
 
 from modeldoctor import Subject, regression_subject
+from modeldoctor.core.capabilities import Capabilities
 from modeldoctor.nn.vq import PatchTokenizer, ScalarBinning
 
 

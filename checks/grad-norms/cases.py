@@ -1,9 +1,9 @@
 """Cases for grad-norms: exploding, vanishing, dead, non-finite and starved-group gradients, and healthy twins."""
-from modeldoctor.core.capabilities import Capabilities
 import torch
 from torch import nn
 
 from modeldoctor import Recipe, regression_subject
+from modeldoctor.core.capabilities import Capabilities
 
 
 def smooth_data(n: int, seed: int, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,11 +5,11 @@ latent z (8-d). An aligned tower inverts its view (pseudo-inverse of M_m, so its
 an untrained tower keeps random weights; a blind one has random weights orthogonal to the
 directions that carry z (like a pretrained encoder that reads only what this task does not need).
 """
-from modeldoctor.core.capabilities import Capabilities
 import torch
 from torch import nn
 
 from modeldoctor import Recipe, Subject, Task
+from modeldoctor.core.capabilities import Capabilities
 from modeldoctor.probes.retrieval_metrics import info_nce
 
 DIMS = {"image": 48, "text": 32, "audio": 24}

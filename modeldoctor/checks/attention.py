@@ -4,16 +4,17 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from dataclasses import replace
 
 import torch
 from torch.nn import functional as F
 
-from ..probes.attention_maps import LayerStats, record_attention
-from ..probes.attribution import AttributionUnavailable, modality_attribution
 from ..core.check import Check, CheckContext
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Subject
+from ..probes.attention_maps import LayerStats, record_attention
+from ..probes.attribution import AttributionUnavailable, modality_attribution
 
 MAX_LAYERS_SHOWN, MAX_HEADS_SHOWN, MAX_SIDE = 4, 8, 64  # heatmap panels; maps strided to ≤ 64×64
 MAX_BARS = 40  # entropy bars per head up to this many heads, else one bar per layer
@@ -75,7 +76,6 @@ class Attention(Check):
 
     slug = "attention"
     code = "MD009"
-    severity = "warning"
     title = "Attention maps"
     fixes = ("warmup-cosine",)
     default_options = {
@@ -97,7 +97,7 @@ class Attention(Check):
                     "ran in the forward (declare capability `attentions` for other implementations)")
         return None
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         o, caps = self.options, subject.capabilities
         layers: dict[str, LayerStats] = {}
         for batch in itertools.islice(subject.eval_batches, o["max_batches"]):
@@ -119,11 +119,16 @@ class Attention(Check):
         metrics.update({f"entropy.{name}": v for name, v in means.items()})
         metrics.update({f"head_entropy.{name}": h for name, h in heads.items()})
         notes = [f"{len(stats) - MAX_LAYERS_SHOWN} more layers are measured but not drawn"] if len(stats) > MAX_LAYERS_SHOWN else []
-        figures = [self.maps(i, s) for i, s in enumerate(stats[:MAX_LAYERS_SHOWN])] + self.entropy_figures(stats, heads, means)
         if caps.token_modalities:
             ctx.ensure_time("modality shares and attribution")
-            figures += self.modalities(subject, stats, metrics, notes)
-        return Evidence(metrics=metrics, figures=figures, notes=notes)
+            self.modalities(subject, stats, metrics, notes)
+        return Measurement(metrics=metrics, notes=notes,
+                           figures=lambda: self.figures(stats, heads, means, metrics if caps.token_modalities else None))
+
+    def figures(self, stats: list[LayerStats], heads: dict, means: dict, modalities: dict | None) -> list[Figure]:
+        """Maps of the first layers, the entropy bars and table, and with modalities (the metrics) their shares."""
+        return ([self.maps(i, s) for i, s in enumerate(stats[:MAX_LAYERS_SHOWN])] + self.entropy_figures(stats, heads, means)
+                + (self.modality_figures(modalities) if modalities is not None else []))
 
     def maps(self, index: int, stats: LayerStats) -> Figure:
         mean = stats.mean_map()  # (H, L, S)
@@ -151,7 +156,8 @@ class Attention(Check):
             Figure("table", "Attention layers", {"columns": ["#", "layer", "found as", "heads", "queries×keys",
                                                              "entropy (head mean)", "collapsed heads", "uniform heads"], "rows": rows})]
 
-    def modalities(self, subject: Subject, stats: list[LayerStats], metrics: dict, notes: list[str]) -> list[Figure]:
+    def modalities(self, subject: Subject, stats: list[LayerStats], metrics: dict, notes: list[str]) -> None:
+        """Adds each modality's attention share (and, with `embedding_layer`, its attribution share) to `metrics`."""
         per_layer = [s.shares() for s in stats]
         names = list(dict.fromkeys(m for shares in per_layer for m in shares))
         if not names:
@@ -161,23 +167,28 @@ class Attention(Check):
             metrics[f"attention_share.{m}"] = sum(share for share, _ in found) / len(found)
             metrics[f"fair_share.{m}"] = sum(fair for _, fair in found) / len(found)
             metrics[f"attention_ratio.{m}"] = max((share / fair for share, fair in found if fair > 0), default=math.nan)
-        labels, values = [f"{m}: attention" for m in names], [metrics[f"attention_ratio.{m}"] for m in names]
-        if subject.capabilities.embedding_layer:
-            try:
-                found = modality_attribution(subject, subject.model, next(iter(subject.eval_batches)),
-                                             examples=self.options["attribution_examples"], n_steps=self.options["attribution_steps"])
-            except AttributionUnavailable as reason:
-                notes.append(f"no attribution: {reason}")
-            else:
-                metrics["attribution_relative_delta"] = found.relative_delta
-                if not found.relative_delta <= self.options["max_delta"]:
-                    notes.append(f"integrated gradients' convergence delta is {found.relative_delta:.1%} of |F(x) − F(x′)| "
-                                 f"(above {self.options['max_delta']:.0%}): raise attribution_steps")
-                for m, share in found.shares.items():
-                    metrics[f"attribution_share.{m}"] = share
-                    metrics[f"attribution_ratio.{m}"] = share / found.token_shares[m] if found.token_shares[m] else math.nan
-                    labels.append(f"{m}: attribution")
-                    values.append(metrics[f"attribution_ratio.{m}"])
+        if not subject.capabilities.embedding_layer:
+            return
+        try:
+            found = modality_attribution(subject, subject.model, next(iter(subject.eval_batches)),
+                                         examples=self.options["attribution_examples"], n_steps=self.options["attribution_steps"])
+        except AttributionUnavailable as reason:
+            notes.append(f"no attribution: {reason}")
+            return
+        metrics["attribution_relative_delta"] = found.relative_delta
+        if not found.relative_delta <= self.options["max_delta"]:
+            notes.append(f"integrated gradients' convergence delta is {found.relative_delta:.1%} of |F(x) − F(x′)| "
+                         f"(above {self.options['max_delta']:.0%}): raise attribution_steps")
+        for m, share in found.shares.items():
+            metrics[f"attribution_share.{m}"] = share
+            metrics[f"attribution_ratio.{m}"] = share / found.token_shares[m] if found.token_shares[m] else math.nan
+
+    def modality_figures(self, metrics: dict) -> list[Figure]:
+        # The modalities in the order they were measured: attention shares first, then attributions.
+        names = [key.split(".", 1)[1] for key in metrics if key.startswith("attention_ratio.")]
+        attributed = [key.split(".", 1)[1] for key in metrics if key.startswith("attribution_ratio.")]
+        labels = [f"{m}: attention" for m in names] + [f"{m}: attribution" for m in attributed]
+        values = [metrics[f"attention_ratio.{m}"] for m in names] + [metrics[f"attribution_ratio.{m}"] for m in attributed]
         rows = [[m] + [f"{metrics[f'{key}.{m}']:.3f}" if f"{key}.{m}" in metrics else "—" for key in
                        ("fair_share", "attention_share", "attention_ratio", "attribution_share", "attribution_ratio")] for m in names]
         return [Figure("bar", "Modality shares as multiples of their fair share (attention: best layer)", {
@@ -187,57 +198,44 @@ class Attention(Check):
                                                        "attention ratio (best layer)", "attribution share", "attribution ratio"],
                                            "rows": rows})]
 
-    def findings(self, evidence: Evidence) -> tuple[list[str], list[str], set[str]]:
-        """(failures, warnings, kinds of finding: "collapse", "uniform", "modality") from the metrics."""
-        o, m = self.options, evidence.metrics
-        fails, warns, kinds = [], [], set()
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """Collapse, uniformity, then each neglected modality (attention, then attribution); a pass when none."""
+        o, m, found = self.options, measurement.metrics, []
         if m["min_layer_entropy"] < o["collapse_entropy"]:
-            kinds.add("collapse")
+            keys, fixes, advice = ("min_layer_entropy", "collapsed_heads", "heads"), ("warmup-cosine",), (
+                "Entropy collapse comes with unstable training (Zhai et al. 2023): lower the LR or warm up longer "
+                "(warmup-cosine); QK-LayerNorm or σReparam on the attention keep the logits bounded.",)
             if m["collapsed_heads"] == m["heads"]:
-                fails.append(f"every head of every layer has collapsed (normalized entropy < {o['collapse_entropy']:g})")
+                found.append(Finding("fail", "collapse", f"every head of every layer has collapsed (normalized entropy < "
+                                     f"{o['collapse_entropy']:g})", keys, fixes, advice))
             else:
-                warns.append(f"layer {m['lowest_entropy_layer']} has collapsed (head-mean normalized entropy "
-                             f"{m['min_layer_entropy']:.3f} < {o['collapse_entropy']:g})")
+                found.append(Finding("warn", "collapse", f"layer {m['lowest_entropy_layer']} has collapsed (head-mean normalized "
+                                     f"entropy {m['min_layer_entropy']:.3f} < {o['collapse_entropy']:g})",
+                                     (*keys, "lowest_entropy_layer"), fixes, advice))
         if m["min_layer_entropy"] > o["uniform_entropy"]:
-            kinds.add("uniform")
-            warns.append(f"attention is uniform in every layer (normalized entropy ≥ {m['min_layer_entropy']:.3f})")
+            found.append(Finding("warn", "uniform", f"attention is uniform in every layer (normalized entropy ≥ "
+                                 f"{m['min_layer_entropy']:.3f})", ("min_layer_entropy",), advice=(
+                                     "Uniform attention mixes tokens without looking at them: on a trained model, check that "
+                                     "queries and keys get gradients and that the tokens carry position information.",)))
+        neglected = []
         for key in (k for k in m if k.startswith("attention_ratio.")):
             name, ratio = key.split(".", 1)[1], m[key]
-            said = (f"modality '{name}' gets {m['attention_share.' + name]:.2%} of the attention for a fair share of "
-                    f"{m['fair_share.' + name]:.1%} ({ratio:.3f}× at best)")
             if ratio < o["min_modality_ratio"]:
-                kinds.add("modality")
-                (fails if ratio < o["fail_modality_ratio"] else warns).append(said)
+                neglected.append(Finding("fail" if ratio < o["fail_modality_ratio"] else "warn", "modality",
+                                         f"modality '{name}' gets {m['attention_share.' + name]:.2%} of the attention for a "
+                                         f"fair share of {m['fair_share.' + name]:.1%} ({ratio:.3f}× at best)",
+                                         (key, f"attention_share.{name}", f"fair_share.{name}")))
         for key in (k for k in m if k.startswith("attribution_ratio.")):
             name = key.split(".", 1)[1]
             if m[key] < o["min_attribution_ratio"]:
-                kinds.add("modality")
-                warns.append(f"modality '{name}' accounts for {m['attribution_share.' + name]:.2%} of the prediction's "
-                             f"attribution ({m[key]:.3f}× its share of positions)")
-        return fails, warns, kinds
-
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        fails, warns, _ = self.findings(evidence)
-        if fails or warns:
-            return ("fail" if fails else "warn"), "; ".join(fails + warns)
-        m = evidence.metrics
-        return "pass", (f"{m['layers']} attention layer(s), head-mean normalized entropy "
-                        f"{m['min_layer_entropy']:.2f}–{m['max_layer_entropy']:.2f}; no collapse, no neglected modality")
-
-    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
-        return ["warmup-cosine"] if status in ("warn", "fail") and "collapse" in self.findings(evidence)[2] else []
-
-    def advice(self, status: str, evidence: Evidence) -> list[str]:
-        kinds = self.findings(evidence)[2]
-        lines = []
-        if "collapse" in kinds:
-            lines.append("Entropy collapse comes with unstable training (Zhai et al. 2023): lower the LR or warm up longer "
-                         "(warmup-cosine); QK-LayerNorm or σReparam on the attention keep the logits bounded.")
-        if "uniform" in kinds:
-            lines.append("Uniform attention mixes tokens without looking at them: on a trained model, check that queries "
-                         "and keys get gradients and that the tokens carry position information.")
-        if "modality" in kinds:
-            lines.append("A neglected modality: check that its tokens reach the model unmasked, that its codec keeps the "
-                         "information (codec-roundtrip), and that the objective needs it; masking the other modalities "
-                         "in training (modality dropout) makes the model use it.")
-        return lines
+                neglected.append(Finding("warn", "attribution", f"modality '{name}' accounts for {m['attribution_share.' + name]:.2%} "
+                                         f"of the prediction's attribution ({m[key]:.3f}× its share of positions)",
+                                         (key, f"attribution_share.{name}")))
+        if neglected:  # no automatic fix for neglect: where to look, said once
+            neglected[0] = replace(neglected[0], advice=(
+                "A neglected modality: check that its tokens reach the model unmasked, that its codec keeps the "
+                "information (codec-roundtrip), and that the objective needs it; masking the other modalities "
+                "in training (modality dropout) makes the model use it.",))
+        return found + neglected or [Finding(
+            "pass", "healthy", f"{m['layers']} attention layer(s), head-mean normalized entropy {m['min_layer_entropy']:.2f}–"
+            f"{m['max_layer_entropy']:.2f}; no collapse, no neglected modality", ("layers", "min_layer_entropy", "max_layer_entropy"))]

@@ -4,15 +4,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from dataclasses import replace
 
 import torch
 
 from ..core.check import Check, CheckContext
-from ..probes.numerics import code_usage, psnr_db
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import RANK, Figure, Finding, Measurement, derive
 from ..core.subject import Codec, Subject
 from ..probes.codebooks import CodecTarget, codec_target, evaluation_mode, rebind
+from ..probes.numerics import code_usage, psnr_db
 
 MAX_BARS = 256  # code-usage bars per codec; more codes are averaged over groups of ranks
 MAX_SIDE = 64  # images in figures are strided down to at most this many pixels a side
@@ -130,7 +131,6 @@ class CodecRoundtrip(Check):
 
     slug = "codec-roundtrip"
     code = "MD007"
-    severity = "error"
     title = "Codec round trip and codebook usage"
     fixes = ("codebook-reset", "codebook-resize")
     default_options = {
@@ -142,8 +142,8 @@ class CodecRoundtrip(Check):
     def requires(self, subject: Subject) -> str | None:
         return None if subject.codecs else "the subject declares no codecs (capability `codecs`)"
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
-        metrics, figures, rows, notes = {}, [], [], []
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
+        metrics, drawn, notes = {}, [], []
         for name, codec in subject.codecs.items():
             ctx.ensure_time(f"round trip of codec {name!r}")
             target = codec_target(subject, name)
@@ -152,19 +152,16 @@ class CodecRoundtrip(Check):
             with evaluation_mode(target.module) if isinstance(target, CodecTarget) else contextlib.nullcontext():
                 found, counts, pairs = self.roundtrip(codec)
             metrics.update({f"{name}.{key}": value for key, value in found.items()})
-            shown = list(itertools.islice((pair for x, x_hat in pairs for pair in zip(x, x_hat)), 4))  # (x, x̂)
+            # (x, x̂) of four examples for the figures; copies, so the batches they come from can go
+            shown = [(x.clone(), x_hat.clone()) for x, x_hat in itertools.islice(
+                (pair for x, x_hat in pairs for pair in zip(x, x_hat)), 4)]
             if codec.kind not in FIDELITY or (codec.kind == "scalar" and not codec.bin_width):
                 notes.append(f"codec '{name}': fidelity not judged (kind {codec.kind!r}"
                              f"{' without bin_width' if codec.kind == 'scalar' else ''}); codebook use only")
-            figures += self.figures(name, codec, counts, shown)
-            rows.append([name, codec.kind, codec.num_codes, found["codes_used"], f"{found['usage']:.1%}",
-                         f"{found['perplexity_ratio']:.3f}", found["unused_codes"]])
-        figures.append(Figure("table", "Codebook use per codec", {
-            "columns": ["codec", "kind", "codes", "used", "usage", "perplexity/K", "never used"], "rows": rows}))
-        verdicts = {name: self.verdict(name, metrics) for name in subject.codecs}
-        order = {"pass": 0, "warn": 1, "fail": 2}
-        metrics["worst_codec"] = max(verdicts, key=lambda n: (order[verdicts[n][0]], -metrics[f"{n}.usage"]))
-        return Evidence(metrics=metrics, figures=figures, notes=notes)
+            drawn.append((name, codec, found, counts, shown))
+        status = {name: derive(self.codec_findings(name, metrics))[0] for name in subject.codecs}
+        metrics["worst_codec"] = max(status, key=lambda n: (RANK[status[n]], -metrics[f"{n}.usage"]))
+        return Measurement(metrics=metrics, figures=lambda: self.all_figures(drawn), notes=notes)
 
     @torch.no_grad()
     def roundtrip(self, codec: Codec) -> tuple[dict, torch.Tensor, list]:
@@ -188,6 +185,16 @@ class CodecRoundtrip(Check):
         if pairs and codec.kind in FIDELITY:
             found.update(FIDELITY[codec.kind](pairs, codec))
         return found, counts, pairs
+
+    def all_figures(self, drawn: list[tuple]) -> list[Figure]:
+        """Each codec's figures, then the table of codebook use over all codecs."""
+        figures, rows = [], []
+        for name, codec, found, counts, shown in drawn:
+            figures += self.figures(name, codec, counts, shown)
+            rows.append([name, codec.kind, codec.num_codes, found["codes_used"], f"{found['usage']:.1%}",
+                         f"{found['perplexity_ratio']:.3f}", found["unused_codes"]])
+        return figures + [Figure("table", "Codebook use per codec", {
+            "columns": ["codec", "kind", "codes", "used", "usage", "perplexity/K", "never used"], "rows": rows})]
 
     def figures(self, name: str, codec: Codec, counts: torch.Tensor, shown: list) -> list[Figure]:
         figures = []
@@ -220,45 +227,63 @@ class CodecRoundtrip(Check):
                                              "hlines": [{"y": float(counts.sum()) / len(counts), "label": "uniform use"}]}))
         return figures
 
-    def verdict(self, name: str, metrics: dict) -> tuple[str, list[str], list[str], bool]:
-        """(status, failures, warnings, usage is the problem) of one codec from the metrics."""
+    def codec_findings(self, name: str, metrics: dict) -> list[Finding]:
+        """A finding for every threshold one codec crosses (none when it is healthy)."""
         o, m = self.options, {key[len(name) + 1:]: v for key, v in metrics.items() if key.startswith(name + ".")}
+        found: list[Finding] = []
+
+        def add(status: str, kind: str, text: str, keys: tuple[str, ...], fixes: tuple[str, ...] = ()) -> None:
+            lead = "codec round trip fails" if status == "fail" else "codec round trip degraded"
+            found.append(Finding(status, kind, f"{lead}: codec '{name}' {text}", tuple(f"{name}.{k}" for k in keys), fixes))
+
         if not m["tokens"]:
-            return "warn", [], ["gave no samples to round-trip"], False
-        fails, warns, ceiling = [], [], m["usage_ceiling"]
-        used = f"uses {m['codes_used']} of {m['num_codes']} codes ({m['usage']:.1%})"
-        if m["usage"] < o["fail_usage"] * ceiling:
-            fails.append(used)
-        elif m["usage"] < o["warn_usage"] * ceiling:
-            warns.append(used)
+            add("warn", "no-samples", "gave no samples to round-trip", ("tokens",))
+            return found
+        # Both codebook fixes when usage collapses; none for fidelity alone, which is often a bug.
+        ceiling, used = m["usage_ceiling"], f"uses {m['codes_used']} of {m['num_codes']} codes ({m['usage']:.1%})"
+        low = "fail" if m["usage"] < o["fail_usage"] * ceiling else "warn" if m["usage"] < o["warn_usage"] * ceiling else None
+        if low:
+            add(low, "usage", used, ("usage", "codes_used", "num_codes", "usage_ceiling"), self.fixes)
         elif m["perplexity_ratio"] < o["warn_perplexity_ratio"] * ceiling:
-            warns.append(f"concentrates on few codes (perplexity {m['perplexity']:.1f} of {m['num_codes']})")
-        usage_problem = bool(fails or warns)
+            add("warn", "concentrated", f"concentrates on few codes (perplexity {m['perplexity']:.1f} of {m['num_codes']})",
+                ("perplexity", "perplexity_ratio"), self.fixes)
+        usage_problem = bool(found)
         if m["out_of_range_codes"]:
-            fails.append(f"encodes {m['out_of_range_codes']} values to codes outside [0, {m['num_codes']})")
+            add("fail", "invalid-codes", f"encodes {m['out_of_range_codes']} values to codes outside [0, {m['num_codes']})",
+                ("out_of_range_codes", "num_codes"))
         if m["shape_error"]:
-            fails.append(f"decodes to another shape ({m['shape_error']})")
+            add("fail", "shape", f"decodes to another shape ({m['shape_error']})", ("shape_error",))
         elif m["kind"] == "image" and not m["psnr_db"] >= o["min_psnr_db"]:
-            fails.append(f"reconstructs at {m['psnr_db']:.1f} dB PSNR (threshold {o['min_psnr_db']:g} dB)")
+            add("fail", "fidelity", f"reconstructs at {m['psnr_db']:.1f} dB PSNR (threshold {o['min_psnr_db']:g} dB)", ("psnr_db",))
         elif m["kind"] == "signal":
             said = f"reconstructs with correlation {m['correlation']:.2f} and relative error {m['relative_error']:.2f}"
             if not (m["correlation"] >= o["min_signal_corr"] and m["relative_error"] <= o["max_signal_rel_error"]):
-                fails.append(said)
+                add("fail", "fidelity", said, ("correlation", "relative_error"))
             elif m["correlation"] < o["warn_signal_corr"]:
-                warns.append(said)
+                add("warn", "fidelity", said, ("correlation", "relative_error"))
         elif m["kind"] == "scalar" and "within_half_bin" in m and not m["within_half_bin"] >= o["min_within_half_bin"]:
-            fails.append(f"decodes only {m['within_half_bin']:.1%} of values within half a bin "
-                         f"(max error {m['max_error_bins']:.2f} bins)")
-        return ("fail" if fails else "warn" if warns else "pass"), fails, warns, usage_problem
+            add("fail", "fidelity", f"decodes only {m['within_half_bin']:.1%} of values within half a bin "
+                f"(max error {m['max_error_bins']:.2f} bins)", ("within_half_bin", "max_error_bins"))
+        failing = [i for i, finding in enumerate(found) if finding.status == "fail"]
+        if failing and not usage_problem:  # it uses its codes but fails: say where to look, on its first failure
+            found[failing[0]] = replace(found[failing[0]], advice=(self.where_to_look(name, m["kind"]),))
+        return found
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m = evidence.metrics
-        verdicts = self.verdicts(m)
-        for status, lead in (("fail", "codec round trip fails"), ("warn", "codec round trip degraded")):
-            bad = [f"codec '{n}' " + " and ".join(v[1] if status == "fail" else v[2]) for n, v in verdicts.items() if v[0] == status]
-            if bad:
-                return status, f"{lead}: " + "; ".join(bad)
-        return "pass", f"{len(verdicts)} codec(s) round-trip: " + "; ".join(self.brief(n, m) for n in verdicts)
+    @staticmethod
+    def where_to_look(name: str, kind: str) -> str:
+        if kind == "scalar":
+            return (f"codec '{name}': decode should return bin centres, low + (k + 0.5)·bin_width; "
+                    "look for an offset (left edges) or a scale (bin width, range) mismatch.")
+        return (f"codec '{name}' uses its codes but decodes poorly: look for a layout, scale or offset "
+                "mismatch between encode and decode; if there is none, more codes add capacity (codebook-resize).")
+
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """Every codec's findings, codecs in declaration order; a pass naming each codec's fidelity when none has any."""
+        m = measurement.metrics
+        names = [key[: -len(".kind")] for key in m if key.endswith(".kind")]
+        found = [finding for name in names for finding in self.codec_findings(name, m)]
+        return found or [Finding("pass", "healthy", f"{len(names)} codec(s) round-trip: " + "; ".join(self.brief(n, m) for n in names),
+                                 tuple(f"{n}.{k}" for n in names for k in ("codes_used", "num_codes")))]
 
     @staticmethod
     def brief(name: str, m: dict) -> str:
@@ -267,23 +292,3 @@ class CodecRoundtrip(Check):
                     "scalar": lambda: f"{m.get(name + '.within_half_bin', math.nan):.1%} within half a bin"}
         said = fidelity.get(m[name + ".kind"], lambda: "")()
         return f"'{name}' {said}, {m[name + '.codes_used']} of {m[name + '.num_codes']} codes used".replace(" ,", ",")
-
-    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
-        """Both codebook fixes when some codec's usage collapses; none for fidelity alone (often a bug)."""
-        return list(self.fixes) if any(v[3] for v in self.verdicts(evidence.metrics).values()) else []
-
-    def advice(self, status: str, evidence: Evidence) -> list[str]:
-        lines = []
-        for name, (state, _, _, usage_problem) in self.verdicts(evidence.metrics).items():
-            if state != "fail" or usage_problem:
-                continue
-            if evidence.metrics[f"{name}.kind"] == "scalar":
-                lines.append(f"codec '{name}': decode should return bin centres, low + (k + 0.5)·bin_width; "
-                             "look for an offset (left edges) or a scale (bin width, range) mismatch.")
-            else:
-                lines.append(f"codec '{name}' uses its codes but decodes poorly: look for a layout, scale or offset "
-                             "mismatch between encode and decode; if there is none, more codes add capacity (codebook-resize).")
-        return lines
-
-    def verdicts(self, metrics: dict) -> dict[str, tuple]:
-        return {key[: -len(".kind")]: self.verdict(key[: -len(".kind")], metrics) for key in metrics if key.endswith(".kind")}

@@ -1,11 +1,13 @@
 """expert-balance: does every mixture-of-experts layer spread its tokens over its experts?"""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..core.check import Check, CheckContext
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
-from ..probes.routing import NO_ROUTERS, capture_routing, layer_stats, subject_routers
+from ..core.results import Figure, Finding, Measurement, ordered
 from ..core.subject import Subject
+from ..probes.routing import NO_ROUTERS, capture_routing, layer_stats, subject_routers
 
 SWITCH_ALPHA = 0.01  # the Switch Transformer's auxiliary-loss coefficient, used to report its value
 
@@ -57,7 +59,6 @@ class ExpertBalance(Check):
 
     slug = "expert-balance"
     code = "MD008"
-    severity = "error"
     title = "Mixture-of-experts load balance"
     fixes = ("load-balance-loss", "noisy-top-k", "router-z-loss")
     default_options = {
@@ -68,7 +69,7 @@ class ExpertBalance(Check):
     def requires(self, subject: Subject) -> str | None:
         return None if subject_routers(subject) else NO_ROUTERS
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         routers = subject_routers(subject)
         records = capture_routing(subject, routers, max_batches=self.options["max_batches"])
         layers = {record.router.layer: layer_stats(record) for record in records.values()}
@@ -78,7 +79,7 @@ class ExpertBalance(Check):
         worst = min(layers, key=lambda name: layers[name]["entropy"])
         metrics.update({"worst_layer": worst, **{f"worst_{name}": layers[worst][name] for name in
                                                  ("entropy", "cv", "max_violation", "dead_share", "z_loss")}})
-        return Evidence(metrics=metrics, figures=self.figures(layers, worst))
+        return Measurement(metrics=metrics, figures=lambda: self.figures(layers, worst))
 
     def figures(self, layers: dict[str, dict], worst: str) -> list[Figure]:
         widest = max(stats["num_experts"] for stats in layers.values())
@@ -100,66 +101,51 @@ class ExpertBalance(Check):
                          for name, s in layers.items()]}),
         ]
 
-    def layer_findings(self, layer: str, m: dict) -> list[tuple[str, str, str]]:
-        """(status, kind, one line) for every threshold one layer crosses, most severe first."""
+    def layer_findings(self, layer: str, m: dict) -> list[Finding]:
+        """One layer's findings: dead experts, entropy, CV, MaxVio (each at its fail bound, else its warn bound), z-loss."""
         o, p = self.options, (lambda key: m[f"{layer}.{key}"])
-        loads = ", ".join(f"{x:.2f}" for x in p("loads"))
-        said = f"layer `{layer}` loads [{loads}]"
-        found = []
+        said = f"layer `{layer}` loads [{', '.join(f'{x:.2f}' for x in p('loads'))}]"
+        found: list[Finding] = []
+
+        def add(status: str, kind: str, text: str, *keys: str) -> None:  # an imbalance: balance loss and gate noise
+            found.append(Finding(status, kind, text, tuple(f"{layer}.{k}" for k in ("loads", *keys)),
+                                 ("load-balance-loss", "noisy-top-k")))
+
+        dead = ", ".join(map(str, p("dead_experts")))
         if p("dead_share") >= o["fail_dead_share"]:
-            found.append(("fail", "balance", f"{said}: {len(p('dead_experts'))} of {p('num_experts')} experts dead "
-                                             f"({', '.join(map(str, p('dead_experts')))}), entropy {p('entropy'):.2f}"))
-        if p("entropy") < o["fail_entropy"]:
-            found.append(("fail", "balance", f"{said}: routing entropy {p('entropy'):.2f} < {o['fail_entropy']:g}"))
-        if p("cv") > o["fail_cv"]:
-            found.append(("fail", "balance", f"{said}: CV(load) {p('cv'):.2f} > {o['fail_cv']:g}"))
-        if p("max_violation") > o["fail_max_violation"]:
-            found.append(("fail", "balance", f"{said}: MaxVio {p('max_violation'):.2f} > {o['fail_max_violation']:g}"))
-        if p("dead_experts") and p("dead_share") < o["fail_dead_share"]:
-            found.append(("warn", "balance", f"{said}: dead expert(s) {', '.join(map(str, p('dead_experts')))}"))
-        if p("entropy") < o["warn_entropy"]:
-            found.append(("warn", "balance", f"{said}: routing entropy {p('entropy'):.2f} < {o['warn_entropy']:g}"))
-        if p("cv") > o["warn_cv"]:
-            found.append(("warn", "balance", f"{said}: CV(load) {p('cv'):.2f} > {o['warn_cv']:g}"))
-        if p("max_violation") > o["warn_max_violation"]:
-            found.append(("warn", "balance", f"{said}: MaxVio {p('max_violation'):.2f} > {o['warn_max_violation']:g}"))
-        if p("z_loss") > o["warn_z_loss"]:
-            found.append(("warn", "logits", f"layer `{layer}` router z-loss {p('z_loss'):.3g} > {o['warn_z_loss']:g}: "
-                                            "large router logits"))
+            add("fail", "dead-experts", f"{said}: {len(p('dead_experts'))} of {p('num_experts')} experts dead ({dead}), "
+                f"entropy {p('entropy'):.2f}", "dead_experts", "dead_share", "entropy")
+        elif p("dead_experts"):
+            add("warn", "dead-experts", f"{said}: dead expert(s) {dead}", "dead_experts", "dead_share")
+        for kind, key, label, low_is_bad in (("entropy", "entropy", "routing entropy", True), ("cv", "cv", "CV(load)", False),
+                                             ("max-violation", "max_violation", "MaxVio", False)):
+            for status in ("fail", "warn"):  # one finding per statistic: the fail bound, else the warn bound
+                bound = o[f"{status}_{key}"]
+                if (p(key) < bound) if low_is_bad else (p(key) > bound):
+                    add(status, kind, f"{said}: {label} {p(key):.2f} {'<' if low_is_bad else '>'} {bound:g}", key)
+                    break
+        if p("z_loss") > o["warn_z_loss"]:  # large router logits: the z-loss
+            found.append(Finding("warn", "z-loss", f"layer `{layer}` router z-loss {p('z_loss'):.3g} > {o['warn_z_loss']:g}: "
+                                 "large router logits", (f"{layer}.z_loss",), ("router-z-loss",)))
         return found
 
-    def findings(self, m: dict) -> list[tuple[str, str, str]]:
-        found = [f for layer in m["layers"] for f in self.layer_findings(layer, m)]
-        return sorted(found, key=lambda f: f[0] != "fail")  # stable: fails first, layer order kept
-
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m = evidence.metrics
-        found = self.findings(m)
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """Every layer's findings, fails first; the worst carries the Switch-loss reading of the worst layer."""
+        m = measurement.metrics
+        found = ordered(f for layer in m["layers"] for f in self.layer_findings(layer, m))  # stable: layer order kept
         if not found:
-            return "pass", (f"{m['num_layers']} MoE layer(s) balanced: lowest routing entropy {m['worst_entropy']:.2f} "
-                            f"(`{m['worst_layer']}`), CV {m['worst_cv']:.2f}, no dead experts")
-        status = found[0][0]
-        others = sum(1 for s, _, _ in found if s == status) - 1
-        return status, found[0][2] + (f" (+{others} more)" if others else "")
-
-    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
-        """Balance loss and gate noise for imbalanced loads; the z-loss for large router logits."""
-        kinds = {kind for _, kind, _ in self.findings(evidence.metrics)}
-        return (["load-balance-loss", "noisy-top-k"] if "balance" in kinds else []) + \
-               (["router-z-loss"] if "logits" in kinds else [])
-
-    def advice(self, status: str, evidence: Evidence) -> list[str]:
-        m = evidence.metrics
-        if status == "pass" and min(m[f"{layer}.token_entropy"] for layer in m["layers"]) > 0.95:
-            return ["routing is balanced but nearly uniform for every token: the router may not have learned to specialise"]
-        if status in ("fail", "warn"):
-            worst = m["worst_layer"]
-            switch, flat = m[f"{worst}.switch_balance"], m[f"{worst}.token_entropy"]
-            lines = [f"Switch balance loss / α in `{worst}`: {switch:.2f} (1.0 at uniform routing, "
-                     f"{m[worst + '.num_experts']} at total collapse)"]
-            if switch < 1.5 and flat > 0.9 and m["worst_entropy"] < self.options["warn_entropy"]:
-                lines.append(f"the loss is low although the loads collapsed: the router's probabilities are nearly flat "
-                             f"(per-token entropy {flat:.2f}) and top-k breaks near-ties the same way for every token; "
-                             "gate noise breaks the ties, and the balance loss then has loads to act on")
-            return lines
-        return []
+            flat = min(m[f"{layer}.token_entropy"] for layer in m["layers"]) > 0.95
+            return [Finding("pass", "balanced", f"{m['num_layers']} MoE layer(s) balanced: lowest routing entropy "
+                            f"{m['worst_entropy']:.2f} (`{m['worst_layer']}`), CV {m['worst_cv']:.2f}, no dead experts",
+                            ("worst_entropy", "worst_cv", "worst_dead_share"),
+                            advice=["routing is balanced but nearly uniform for every token: the router may not have "
+                                    "learned to specialise"] if flat else [])]
+        worst = m["worst_layer"]
+        switch, flat = m[f"{worst}.switch_balance"], m[f"{worst}.token_entropy"]
+        advice = [f"Switch balance loss / α in `{worst}`: {switch:.2f} (1.0 at uniform routing, "
+                  f"{m[worst + '.num_experts']} at total collapse)"]
+        if switch < 1.5 and flat > 0.9 and m["worst_entropy"] < self.options["warn_entropy"]:
+            advice.append(f"the loss is low although the loads collapsed: the router's probabilities are nearly flat "
+                          f"(per-token entropy {flat:.2f}) and top-k breaks near-ties the same way for every token; "
+                          "gate noise breaks the ties, and the balance loss then has loads to act on")
+        return [replace(found[0], advice=advice), *found[1:]]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.check import Check, CheckContext
-from ..probes.gradtrace import GradTrace, GradTracer, RecordingBatches, group_summary, locate_nonfinite, summarize
 from ..core.registry import register_check
 from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Subject
+from ..probes.gradtrace import GradTrace, GradTracer, RecordingBatches, group_summary, locate_nonfinite, summarize
 from ..probes.training import train
 
 

@@ -5,7 +5,7 @@ import torch
 
 from ..core.check import Check, CheckContext
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Subject
 
 
@@ -57,7 +57,6 @@ class LossMasking(Check):
 
     slug = "loss-masking"
     code = "MD005"
-    severity = "error"
     title = "Loss counts masked positions only"
     fixes = ("masked-loss",)
     default_options = {"tolerance": 1e-6}
@@ -66,7 +65,7 @@ class LossMasking(Check):
         return None if subject.masking is not None else "the subject declares no masked objective (capability `masking`)"
 
     @torch.no_grad()
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         masking, model = subject.masking, subject.model
         model.eval()  # no dropout noise: only the targets may change the loss
         batch = next(iter(subject.train_batches))
@@ -84,24 +83,27 @@ class LossMasking(Check):
             "masked_fraction": float(masked.float().mean()),
             "declared_visible_weight": subject.capabilities.visible_loss_weight,
         }
-        figure = Figure("bar", "Relative loss change when targets change", {
+        return Measurement(metrics=metrics, figures=lambda: [Figure("bar", "Relative loss change when targets change", {
             "labels": ["visible targets changed", "masked targets changed"],
             "values": [metrics["loss_change_visible"], metrics["loss_change_masked"]],
             "ylabel": "|Δloss| / loss",
-        })
-        return Evidence(metrics=metrics, figures=[figure])
+        })])
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m, tolerance = evidence.metrics, self.options["tolerance"]
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """One finding: which positions the loss counts, against the masked-only ideal."""
+        m, tolerance = measurement.metrics, self.options["tolerance"]
         leaks, counted = m["loss_change_visible"] > tolerance, m["loss_change_masked"] > tolerance
         said = (f"changing visible targets moves the loss by {m['loss_change_visible']:.1%}, "
                 f"changing masked targets by {m['loss_change_masked']:.1%} ({m['masked_fraction']:.0%} of positions masked)")
+        both = ("loss_change_visible", "loss_change_masked")
         if leaks and not counted:
-            return "fail", f"the loss counts visible positions and ignores masked ones: {said}"
+            return [Finding("fail", "inverted", f"the loss counts visible positions and ignores masked ones: {said}", both, self.fixes)]
         if leaks and m["declared_visible_weight"]:
-            return "pass", f"the loss counts masked positions and, by declaration, visible ones at weight {m['declared_visible_weight']:g}: {said}"
+            return [Finding("pass", "declared-visible", "the loss counts masked positions and, by declaration, visible ones "
+                            f"at weight {m['declared_visible_weight']:g}: {said}", (*both, "declared_visible_weight"))]
         if leaks:
-            return "fail", f"visible positions leak into the loss: {said}"
+            return [Finding("fail", "visible-leak", f"visible positions leak into the loss: {said}", ("loss_change_visible",), self.fixes)]
         if not counted:
-            return "fail", f"masked positions are not counted in the loss: {said}"
-        return "pass", f"the loss counts masked positions only: {said}"
+            return [Finding("fail", "masked-ignored", f"masked positions are not counted in the loss: {said}",
+                            ("loss_change_masked",), self.fixes)]
+        return [Finding("pass", "masked-only", f"the loss counts masked positions only: {said}", both)]

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..core.check import Check, CheckContext
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Subject
 from ..probes.training import StopTraining, train
 
@@ -76,7 +76,6 @@ class LRRange(Check):
 
     slug = "lr-range"
     code = "MD006"
-    severity = "warning"
     title = "LR range test"
     fixes = ("warmup-cosine", "grad-clip")
     default_options = {"min_lr": 1e-6, "max_lr": 1.0, "steps": 100, "beta": 0.98, "early_stop_threshold": 4.0,
@@ -87,7 +86,7 @@ class LRRange(Check):
             return "the model has no trainable parameters"
         return None
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         o, recipe_lr = self.options, float(subject.recipe.lr)
         low, high = min(o["min_lr"], recipe_lr / 3), max(o["max_lr"], recipe_lr * 3)
         steps = max(3, int(o["steps"]))
@@ -117,41 +116,44 @@ class LRRange(Check):
                    "divergence_lr": lrs[-1] if state["diverged"] else None}
         metrics.update(read_curve(lrs, smoothed, state["diverged"], int(o["skip_start"])))
         metrics.update(usable_range(metrics, o["high_margin"]))
-        curve = Figure("line", "LR range test: smoothed loss vs learning rate", {
-            "series": [{"name": f"smoothed loss (EMA β={o['beta']:g})", "x": lrs, "y": smoothed}],
+        return Measurement(metrics=metrics, figures=lambda: [self.figure(lrs, smoothed, metrics)])
+
+    def figure(self, lrs: list[float], smoothed: list[float], m: dict) -> Figure:
+        return Figure("line", "LR range test: smoothed loss vs learning rate", {
+            "series": [{"name": f"smoothed loss (EMA β={self.options['beta']:g})", "x": lrs, "y": smoothed}],
             "xlabel": "learning rate", "ylabel": "loss", "logx": True,
             "logy": bool(smoothed) and all(0 < v < math.inf for v in smoothed),
             "vlines": [{"x": x, "label": f"{label} {x:.2g}"} for label, x in (
-                ("recipe LR", recipe_lr), ("suggested", metrics["suggested_lr"]),
-                ("divergence", metrics["divergence_lr"])) if x is not None],
+                ("recipe LR", m["recipe_lr"]), ("suggested", m["suggested_lr"]),
+                ("divergence", m["divergence_lr"])) if x is not None],
         })
-        return Evidence(metrics=metrics, figures=[curve])
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m, o = evidence.metrics, self.options
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """One finding: diverged at once, LR too high (near or past divergence), too low, or sensible."""
+        m, o = measurement.metrics, self.options
         lr, divergence, steepest, suggested = m["recipe_lr"], m["divergence_lr"], m["steepest_lr"], m["suggested_lr"]
+        too_high = divergence is not None and lr > divergence / o["high_margin"]
+        # Clipping bounds SGD's step (lr × gradient), not Adam's, whose step is about lr whatever the gradient.
+        calming = (("warmup-cosine",) + (("grad-clip",) if m["recipe_optimizer"] == "sgd" else ())) if too_high else ()
         if not math.isfinite(m["initial_loss"]) or m["steps_run"] < 2:
-            return "fail", "the loss diverged at once, even at the smallest LR: check the data, the loss and the init"
+            return [Finding("fail", "diverged-at-once", "the loss diverged at once, even at the smallest LR: check the data, "
+                            "the loss and the init", ("initial_loss", "steps_run"), calming)]
         move = f" to about {suggested:.2g} ({factor(lr, suggested)})" if suggested else ""
+        said = ("recipe_lr", "divergence_lr", "suggested_lr")
         if divergence is not None and lr >= divergence:
-            return "fail", f"recipe LR {lr:.3g} is past where the loss diverged ({divergence:.3g}): decrease it{move}"
-        if divergence is not None and lr > divergence / o["high_margin"]:
-            return "warn", (f"recipe LR {lr:.3g} is within {o['high_margin']:g}× of divergence ({divergence:.3g}): "
-                            f"the loss may explode; decrease it{move}")
+            return [Finding("fail", "lr-too-high", f"recipe LR {lr:.3g} is past where the loss diverged ({divergence:.3g}): "
+                            f"decrease it{move}", said, calming)]
+        if too_high:
+            return [Finding("warn", "lr-too-high", f"recipe LR {lr:.3g} is within {o['high_margin']:g}× of divergence "
+                            f"({divergence:.3g}): the loss may explode; decrease it{move}", said, calming)]
         if steepest is not None and lr < steepest / o["low_margin"]:
-            return "warn", (f"recipe LR {lr:.3g} is {steepest / lr:.0f}× below the steepest-descent LR "
-                            f"({steepest:.3g}): the loss will plateau early; increase it{move}")
+            return [Finding("warn", "lr-too-low", f"recipe LR {lr:.3g} is {steepest / lr:.0f}× below the steepest-descent LR "
+                            f"({steepest:.3g}): the loss will plateau early; increase it{move}",
+                            ("recipe_lr", "steepest_lr", "suggested_lr"))]
         where = ", ".join(f"{name} {value:.2g}" for name, value in (("steepest descent", steepest),
                           ("divergence", divergence)) if value is not None)
-        return "pass", f"recipe LR {lr:.3g} is in a sensible range ({where or 'no descent or divergence found'})"
-
-    def prescribed_fixes(self, status: str, evidence: Evidence) -> list[str]:
-        m = evidence.metrics
-        too_high = m["divergence_lr"] is not None and m["recipe_lr"] > m["divergence_lr"] / self.options["high_margin"]
-        if status not in ("fail", "warn") or not too_high:
-            return []
-        # Clipping bounds SGD's step (lr × gradient), not Adam's, whose step is about lr whatever the gradient.
-        return ["warmup-cosine"] + (["grad-clip"] if m["recipe_optimizer"] == "sgd" else [])
+        return [Finding("pass", "sensible", f"recipe LR {lr:.3g} is in a sensible range "
+                        f"({where or 'no descent or divergence found'})", ("recipe_lr", "steepest_lr", "divergence_lr"))]
 
 
 def read_curve(lrs: list[float], smoothed: list[float], diverged: bool, skip_start: int) -> dict:

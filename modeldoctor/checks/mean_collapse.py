@@ -4,10 +4,10 @@ from __future__ import annotations
 import itertools
 
 from ..core.check import Check, CheckContext
-from ..probes.numerics import mse, pearson, psnr_db, trivial_scores, variance_ratio
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Head, Subject
+from ..probes.numerics import mse, pearson, psnr_db, trivial_scores, variance_ratio
 from ..probes.training import collect_predictions, data_range, target_mean
 
 
@@ -60,7 +60,6 @@ class MeanCollapse(Check):
 
     slug = "mean-collapse"
     code = "MD002"
-    severity = "error"
     title = "Mean-prediction collapse"
     fixes = ("random-queries", "clamp-output", "learnable-fourier", "codebook-reset")
     default_options = {
@@ -74,13 +73,13 @@ class MeanCollapse(Check):
             return None
         return f"needs declared output heads or a regression/classification task (this one is {subject.task.kind})"
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         if subject.heads or subject.task.is_categorical:
             heads = subject.heads or {"output": Head(subject.task.kind, subject.predict, subject.task.num_classes)}
             return self.measure_heads(subject, heads, ctx)
         return self.measure_field(subject, ctx)
 
-    def measure_heads(self, subject: Subject, heads: dict[str, Head], ctx: CheckContext) -> Evidence:
+    def measure_heads(self, subject: Subject, heads: dict[str, Head], ctx: CheckContext) -> Measurement:
         train = lambda: itertools.islice(subject.train_batches, self.options["train_batches_for_mean"])  # noqa: E731
         metrics, rows = {"heads": list(heads)}, []
         for name, head in heads.items():
@@ -93,10 +92,10 @@ class MeanCollapse(Check):
             status, said = self.judge_head(head.kind, scores)
             metrics[f"{name}.status"] = status
             rows.append([name, head.kind, status, said])
-        table = Figure("table", "Each head against its trivial predictor", {"columns": ["head", "kind", "status", "evidence"], "rows": rows})
-        return Evidence(metrics=metrics, figures=[table])
+        return Measurement(metrics=metrics, figures=lambda: [Figure(
+            "table", "Each head against its trivial predictor", {"columns": ["head", "kind", "status", "evidence"], "rows": rows})])
 
-    def measure_field(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure_field(self, subject: Subject, ctx: CheckContext) -> Measurement:
         mean = target_mean(subject, self.options["train_batches_for_mean"])
         prediction, target = collect_predictions(subject, max_batches=self.options["max_batches"])
         ctx.ensure_time("evaluation")
@@ -112,13 +111,15 @@ class MeanCollapse(Check):
             "train_target_mean": float(mean),
             "eval_values": int(target.numel()),
         }
-        figures = [Figure("bar", "PSNR against the trivial predictor", {
-            "labels": ["model", "mean predictor"], "values": [model_psnr, mean_psnr], "ylabel": "PSNR (dB)",
-        })]
-        grid = subject.capabilities.grid_shape
-        if grid:
-            figures.append(self.field_figure(prediction, target, tuple(grid), subject.task.value_range))
-        return Evidence(metrics=metrics, figures=figures)
+        grid, bounds = subject.capabilities.grid_shape, subject.task.value_range
+
+        def figures() -> list[Figure]:
+            bars = Figure("bar", "PSNR against the trivial predictor", {
+                "labels": ["model", "mean predictor"], "values": [model_psnr, mean_psnr], "ylabel": "PSNR (dB)",
+            })
+            return [bars, self.field_figure(prediction, target, tuple(grid), bounds)] if grid else [bars]
+
+        return Measurement(metrics=metrics, figures=figures)
 
     @staticmethod
     def field_figure(prediction, target, grid: tuple[int, int], value_range) -> Figure:
@@ -151,25 +152,32 @@ class MeanCollapse(Check):
         status = "fail" if not ratio < o["fail_mae_ratio"] else "warn" if ratio >= o["warn_mae_ratio"] else "pass"
         return status, f"MAE {m['mae']:.3g} vs {m['median_mae']:.3g} for the median (ratio {ratio:.2f}), correlation {m['correlation']:.2f}"
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m, o = evidence.metrics, self.options
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """Heads: one finding per failing/warning level, naming its heads (a pass when all beat their
+        trivial predictors). A single output: one finding on its gain over the mean predictor."""
+        m, o = measurement.metrics, self.options
         if "heads" in m:
-            verdicts = {name: m[f"{name}.status"] for name in m["heads"]}
-            worst = max(verdicts.values(), key=["pass", "warn", "fail"].index)
-            named = [name for name, status in verdicts.items() if status == worst]
-            _, said = self.judge_head(m[f"{named[0]}.kind"], {k.split(".", 1)[1]: v for k, v in m.items() if k.startswith(named[0] + ".")})
-            if worst == "pass":
-                return "pass", f"every head beats its trivial predictor ({len(verdicts)} head{'s' * (len(verdicts) > 1)})"
-            which = ", ".join(f"'{n}'" for n in named)
-            verdict = "no better than" if worst == "fail" else "barely better than"
-            if len(named) == 1:
-                return worst, f"head {which} is {verdict} its trivial predictor: {said}"
-            return worst, f"heads {which} are {verdict} their trivial predictors; '{named[0]}': {said}"
+            return self.judge_heads(m)
         said = (f"model {m['psnr_db']:.1f} dB vs {m['mean_baseline_psnr_db']:.1f} dB for predicting the training mean "
                 f"({m['delta_db']:+.1f} dB; variance ratio {m['variance_ratio']:.2f}, correlation {m['correlation']:.2f})")
-        if not m["delta_db"] >= o["fail_below_db"]:
-            return "fail", f"no better than the mean: {said}"
+        keys = ("delta_db", "psnr_db", "mean_baseline_psnr_db", "variance_ratio", "correlation")
+        if not m["delta_db"] >= o["fail_below_db"]:  # `not >=`: a NaN gain fails
+            return [Finding("fail", "collapsed", f"no better than the mean: {said}", keys, self.fixes)]
         if m["delta_db"] < o["warn_below_db"]:
-            return "warn", f"barely better than the mean: {said}"
-        return "pass", f"beats the mean predictor: {said}"
+            return [Finding("warn", "barely-better", f"barely better than the mean: {said}", keys, self.fixes)]
+        return [Finding("pass", "beats-trivial", f"beats the mean predictor: {said}", keys)]
 
+    def judge_heads(self, m: dict) -> list[Finding]:
+        scores = {name: {k[len(name) + 1:]: v for k, v in m.items() if k.startswith(name + ".")} for name in m["heads"]}
+        verdicts = {name: self.judge_head(scores[name]["kind"], scores[name]) for name in m["heads"]}  # {name: (status, said)}
+        found = []
+        for status, kind, verdict in (("fail", "collapsed", "no better than"), ("warn", "barely-better", "barely better than")):
+            named = [name for name, (s, _) in verdicts.items() if s == status]
+            if not named:
+                continue
+            which, said = ", ".join(f"'{n}'" for n in named), verdicts[named[0]][1]
+            message = (f"head {which} is {verdict} its trivial predictor: {said}" if len(named) == 1 else
+                       f"heads {which} are {verdict} their trivial predictors; '{named[0]}': {said}")
+            found.append(Finding(status, kind, message, tuple(f"{n}.{k}" for n in named for k in scores[n]), self.fixes))
+        return found or [Finding("pass", "beats-trivial", f"every head beats its trivial predictor "
+                                 f"({len(verdicts)} head{'s' * (len(verdicts) > 1)})", tuple(f"{n}.status" for n in verdicts))]

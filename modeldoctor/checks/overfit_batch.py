@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from ..core.check import Check, CheckContext
-from ..probes.numerics import accuracy, mse, psnr_db
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import Figure, Finding, Measurement, derive
 from ..core.subject import Subject
+from ..probes.numerics import accuracy, mse, psnr_db
 from ..probes.training import StopTraining, TrainMonitor, collect_predictions, data_range, train
 
 
@@ -55,7 +55,7 @@ class StopWhenMemorised(TrainMonitor):
             self.initial_loss = float(loss.detach())
         if self.every and step and step % self.every == 0:
             metrics = self.check.batch_metrics(self.subject, self.batch, self.initial_loss, float(loss.detach()), step)
-            if self.check.judge(Evidence(metrics=metrics))[0] == "pass":
+            if derive(self.check.judge(Measurement(metrics=metrics)))[0] == "pass":
                 self.passed = metrics
                 raise StopTraining
         return True
@@ -103,7 +103,6 @@ class OverfitBatch(Check):
 
     slug = "overfit-batch"
     code = "MD001"
-    severity = "error"
     title = "Single-batch overfit"
     fixes = ("scale-up", "learnable-temperature")
     default_options = {
@@ -111,18 +110,14 @@ class OverfitBatch(Check):
         "pass_psnr_db": 35.0, "warn_psnr_db": 25.0, "pass_accuracy": 1.0, "warn_accuracy": 0.9,
     }
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         batch = next(iter(subject.train_batches))  # frozen: the same object every step
         disable_dropout(subject.model)
         subject.loss = frozen_randomness(subject.loss, ctx.seed)
         stop = StopWhenMemorised(self, subject, batch, self.options["check_every"])
         log = train(subject, self.options["steps"], batches=[batch], lr=self.options["lr"], deadline=ctx.deadline, monitor=stop)
         metrics = stop.passed or self.batch_metrics(subject, batch, log.losses[0], log.losses[-1], len(log.losses))
-        curve = Figure("line", "Loss on the frozen batch", {
-            "series": [{"name": "loss", "x": list(range(len(log.losses))), "y": log.losses}],
-            "xlabel": "step", "ylabel": "loss", "logy": min(log.losses) > 0,
-        })
-        return Evidence(metrics=metrics, figures=[curve])
+        return Measurement(metrics=metrics, figures=lambda: [loss_curve(log.losses)])
 
     def batch_metrics(self, subject: Subject, batch, initial: float, final: float, steps: int) -> dict:
         """Loss drop and, by task, PSNR or accuracy on the memorised batch."""
@@ -137,25 +132,32 @@ class OverfitBatch(Check):
                 metrics["psnr_db"] = psnr_db(mse(prediction, target), data_range(subject))
         return metrics
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m, o = evidence.metrics, self.options
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """One finding: memorised (pass), or not (warn/fail, with what to look at); NaN loss fails."""
+        m, o = measurement.metrics, self.options
         if m["final_loss"] != m["final_loss"]:  # NaN
-            return "fail", "loss became NaN while overfitting one batch: look for log/div of bad values or a too-high LR"
+            return [Finding("fail", "nonfinite", "loss became NaN while overfitting one batch: look for log/div of bad "
+                            "values or a too-high LR", ("final_loss",), self.fixes, ADVICE)]
         drop = m["loss_drop"]
         by_drop = "pass" if drop >= o["pass_loss_drop"] else "warn" if drop >= o["warn_loss_drop"] else "fail"
-        said = f"loss fell {drop:.1%} on one batch in {m['steps']} steps"
+        said, keys = f"loss fell {drop:.1%} on one batch in {m['steps']} steps", ("loss_drop", "steps")
         if "psnr_db" in m:
             status = "pass" if m["psnr_db"] >= o["pass_psnr_db"] else "warn" if m["psnr_db"] >= o["warn_psnr_db"] else "fail"
-            said = f"reached {m['psnr_db']:.1f} dB on one batch in {m['steps']} steps (loss fell {drop:.1%})"
+            said, keys = f"reached {m['psnr_db']:.1f} dB on one batch in {m['steps']} steps (loss fell {drop:.1%})", ("psnr_db", *keys)
         elif "accuracy" in m:
             by_accuracy = "pass" if m["accuracy"] >= o["pass_accuracy"] else "warn" if m["accuracy"] >= o["warn_accuracy"] else "fail"
-            status = min(by_accuracy, by_drop, key=["pass", "warn", "fail"].index)
-            said = f"reached {m['accuracy']:.1%} accuracy on one batch in {m['steps']} steps (loss fell {drop:.1%})"
+            status = min(by_accuracy, by_drop, key=["pass", "warn", "fail"].index)  # either one passing is enough
+            said, keys = f"reached {m['accuracy']:.1%} accuracy on one batch in {m['steps']} steps (loss fell {drop:.1%})", ("accuracy", *keys)
         else:
             status = by_drop
         if status == "pass":
-            return status, f"can memorise a batch: {said}"
-        return status, f"cannot memorise one batch: {said}; this points at a capacity, objective or data bug"
+            return [Finding("pass", "memorised", f"can memorise a batch: {said}", keys)]
+        return [Finding(status, "not-memorised", f"cannot memorise one batch: {said}; this points at a capacity, objective "
+                        "or data bug", keys, self.fixes, ADVICE)]
 
-    def advice(self, status: str, evidence: Evidence) -> list[str]:
-        return ADVICE if status in ("warn", "fail") else []
+
+def loss_curve(losses: list[float]) -> Figure:
+    return Figure("line", "Loss on the frozen batch", {
+        "series": [{"name": "loss", "x": list(range(len(losses))), "y": losses}],
+        "xlabel": "step", "ylabel": "loss", "logy": min(losses) > 0,
+    })

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from ..core.check import Check, CheckContext
-from ..probes.numerics import expected_cell_coverage, expected_coverage
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
+from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Subject
+from ..probes.numerics import expected_cell_coverage, expected_coverage
 
 
 def gather_queries(subject: Subject, batches, max_batches: int) -> tuple[torch.Tensor, int]:
@@ -67,7 +67,6 @@ class QueryCoverage(Check):
 
     slug = "query-coverage"
     code = "MD003"
-    severity = "error"
     title = "Train/eval query coverage"
     fixes = ("random-queries",)
     default_options = {"min_count": 1, "warn_margin": 0.02, "fail_margin": 0.10, "max_outside_bbox": 0.01, "k": 5, "max_batches": 200, "max_points": 2000}
@@ -75,13 +74,13 @@ class QueryCoverage(Check):
     def requires(self, subject: Subject) -> str | None:
         return None if subject.queries is not None else "the subject declares no query coordinates (capability `queries`)"
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         space = subject.queries.space.float()  # (P, D)
         train, train_draws = gather_queries(subject, subject.train_batches, self.options["max_batches"])
         ctx.ensure_time("scanning training queries")
         evaluation, _ = gather_queries(subject, subject.eval_batches, self.options["max_batches"])
         train_cells, eval_cells = cell_index(train, space), cell_index(evaluation, space)
-        figures = []
+        images = None  # (train counts, eval counts, covered, grid) for the position maps, drawn on demand
         if train_cells is not None and eval_cells is not None:
             train_counts = torch.bincount(train_cells, minlength=len(space))
             eval_counts = torch.bincount(eval_cells, minlength=len(space))
@@ -91,11 +90,7 @@ class QueryCoverage(Check):
             method = "cells"
             grid = subject.capabilities.grid_shape
             if grid:
-                figures.append(Figure("images", "How often each position is queried", {"images": [
-                    {"label": "training", "pixels": (train_counts / train_counts.max()).reshape(grid).tolist()},
-                    {"label": "evaluation", "pixels": (eval_counts / eval_counts.max()).reshape(grid).tolist()},
-                    {"label": "never queried in training", "pixels": (~covered).astype(float).reshape(grid).tolist()},
-                ], "vmin": 0.0, "vmax": 1.0, "cmap": "magma"}))
+                images = (train_counts, eval_counts, covered, grid)
         else:
             coverage, expected = self.knn_coverage(train, evaluation)
             method = "knn"
@@ -115,10 +110,21 @@ class QueryCoverage(Check):
             "eval_queries": int(len(evaluation)),
             "eval_unique_positions": int(len(torch.unique(evaluation, dim=0))),
         }
+        return Measurement(metrics=metrics, figures=lambda: self.figures(images, coverage, expected))
+
+    def figures(self, images, coverage: float, expected: float) -> list[Figure]:
+        figures = []
+        if images is not None:
+            train_counts, eval_counts, covered, grid = images
+            figures.append(Figure("images", "How often each position is queried", {"images": [
+                {"label": "training", "pixels": (train_counts / train_counts.max()).reshape(grid).tolist()},
+                {"label": "evaluation", "pixels": (eval_counts / eval_counts.max()).reshape(grid).tolist()},
+                {"label": "never queried in training", "pixels": (~covered).astype(float).reshape(grid).tolist()},
+            ], "vmin": 0.0, "vmax": 1.0, "cmap": "magma"}))
         figures.append(Figure("bar", "Coverage of evaluation queries", {
             "labels": ["observed", "expected (same distribution)"], "values": [coverage, expected], "ylabel": "coverage",
         }))
-        return Evidence(metrics=metrics, figures=figures)
+        return figures
 
     def knn_coverage(self, train: torch.Tensor, evaluation: torch.Tensor) -> tuple[float, float]:
         """Naeem et al. coverage: eval points whose k-NN ball (among eval points) holds a train point."""
@@ -144,13 +150,20 @@ class QueryCoverage(Check):
             results.append((float(test.statistic), min(1.0, float(test.pvalue) * dims)))
         return results
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m, o = evidence.metrics, self.options
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """One finding: uncovered or extrapolated evaluation queries fail; a smaller shortfall or a shift warns."""
+        m, o = measurement.metrics, self.options
+        rests_on = ("coverage", "expected_coverage", "outside_train_bbox")
         said = (f"training queried {m['coverage']:.1%} of evaluation positions "
                 f"(same-distribution sampling gives {m['expected_coverage']:.1%}); "
                 f"{m['outside_train_bbox']:.1%} of evaluation queries lie outside the training range")
-        if m["coverage"] < m["expected_coverage"] - o["fail_margin"] or m["outside_train_bbox"] > o["max_outside_bbox"]:
-            return "fail", f"evaluation asks about positions training never queried: {said}"
-        if m["coverage"] < m["expected_coverage"] - o["warn_margin"] or (m["ks_p_min_bonferroni"] < 0.05 and m["ks_d_max"] > 0.1):
-            return "warn", f"training and evaluation queries differ: {said}; KS D={m['ks_d_max']:.2f}"
-        return "pass", f"training covers the evaluation queries: {said}"
+        short = m["coverage"] < m["expected_coverage"] - o["fail_margin"]
+        if short or m["outside_train_bbox"] > o["max_outside_bbox"]:
+            return [Finding("fail", "uncovered" if short else "extrapolation",
+                            f"evaluation asks about positions training never queried: {said}", rests_on, self.fixes)]
+        short = m["coverage"] < m["expected_coverage"] - o["warn_margin"]
+        if short or (m["ks_p_min_bonferroni"] < 0.05 and m["ks_d_max"] > 0.1):
+            return [Finding("warn", "undercovered" if short else "shifted",
+                            f"training and evaluation queries differ: {said}; KS D={m['ks_d_max']:.2f}",
+                            rests_on + ("ks_d_max", "ks_p_min_bonferroni"), self.fixes)]
+        return [Finding("pass", "covered", f"training covers the evaluation queries: {said}", rests_on)]

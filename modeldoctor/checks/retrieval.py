@@ -1,11 +1,14 @@
 """retrieval: R@1/5/10, mAP and median rank for every cross-modal direction, against chance."""
 from __future__ import annotations
 
+import copy
+import itertools
+
 from ..core.check import Check, CheckContext
 from ..core.registry import register_check
-from ..core.results import Evidence, Figure
-from ..probes.retrieval_metrics import chance_map, chance_recall_at, collect_embeddings, direction_metrics
+from ..core.results import Figure, Finding, Measurement
 from ..core.subject import Subject
+from ..probes.retrieval_metrics import chance_map, chance_recall_at, collect_embeddings, direction_metrics
 
 KS = (1, 5, 10)
 
@@ -62,7 +65,6 @@ class Retrieval(Check):
 
     slug = "retrieval"
     code = "MD010"
-    severity = "error"
     title = "Cross-modal retrieval"
     fixes = ("lora-all-towers", "learnable-temperature", "grad-clip")
     default_options = {"fail_ratio_to_chance": 2.0, "alpha": 0.01, "warn_ratio_to_chance": 5.0, "warn_ratio": 0.5,
@@ -71,16 +73,21 @@ class Retrieval(Check):
     def requires(self, subject: Subject) -> str | None:
         if subject.capabilities.embed is None:
             return "needs the `embed` capability (one embedding per item and modality)"
+        # One batch through a copy of the model tells whether there is anything to retrieve.
+        found = collect_embeddings(subject, model=copy.deepcopy(subject.model), batches=itertools.islice(subject.eval_batches, 1))
+        n = len(next(iter(found.values()))) if found else 0
+        if len(found) < 2 or n == 0:
+            return f"embed gave {len(found)} modality(ies) and {n} items: nothing to retrieve"
         return None
 
-    def measure(self, subject: Subject, ctx: CheckContext) -> Evidence:
+    def measure(self, subject: Subject, ctx: CheckContext) -> Measurement:
         from scipy.stats import binomtest  # imported late: scipy.stats costs ~0.6 s at start-up
 
         embeddings = collect_embeddings(subject, max_items=self.options["max_items"])
         n = len(next(iter(embeddings.values()))) if embeddings else 0
         metrics = {"modalities": sorted(embeddings), "items": n, "directions": []}
         if len(embeddings) < 2 or n == 0:
-            return Evidence(metrics=metrics)
+            return Measurement(metrics=metrics)
         chance = {f"recall@{k}": chance_recall_at(k, n) for k in KS} | {"map": chance_map(n)}
         metrics.update({f"chance.{key}": value for key, value in chance.items()})
         found = direction_metrics(embeddings, KS)
@@ -94,7 +101,7 @@ class Retrieval(Check):
                         "worst_direction": by_r1[0], "best_direction": by_r1[-1]})
         at_chance, lagging, untrained = self.verdicts(metrics)  # recorded for the report; judge re-derives them
         metrics.update({"at_chance": at_chance, "lagging": lagging, "untrained_modalities": untrained})
-        return Evidence(metrics=metrics, figures=self.figures(metrics))
+        return Measurement(metrics=metrics, figures=lambda: self.figures(metrics))
 
     def verdicts(self, m: dict) -> tuple[list[str], list[str], list[str]]:
         """(directions at chance, lagging directions, modalities at chance in every direction they take part in)."""
@@ -138,22 +145,28 @@ class Retrieval(Check):
         return (f"; tower {names} looks untrained (at chance in every direction it takes part in)" if len(towers) == 1
                 else f"; towers {names} look untrained (at chance in every direction they take part in)")
 
-    def judge(self, evidence: Evidence) -> tuple[str, str]:
-        m = evidence.metrics
-        if len(m["modalities"]) < 2 or not m["items"]:
-            return "skip", f"embed gave {len(m['modalities'])} modality(ies) and {m['items']} items: nothing to retrieve"
+    def judge(self, measurement: Measurement) -> list[Finding]:
+        """Directions at chance (naming untrained towers), then lagging ones; too few items is a warning of its own."""
+        m, fixes = measurement.metrics, self.fixes  # every fix, for the runner to keep those that apply
+        if len(m["modalities"]) < 2 or not m["items"]:  # `requires` skips these; kept for a changing eval set
+            return [Finding("warn", "nothing-to-retrieve", f"embed gave {len(m['modalities'])} modality(ies) and "
+                            f"{m['items']} items: nothing to retrieve", ("modalities", "items"))]
         if m["items"] < self.options["min_items"]:
-            return "warn", f"only {m['items']} items (min_items {self.options['min_items']}): too few to judge retrieval"
+            return [Finding("warn", "too-few-items", f"only {m['items']} items (min_items {self.options['min_items']}): "
+                            "too few to judge retrieval", ("items",), fixes)]
         at_chance, lagging, untrained = self.verdicts(m)
+        found = []
         if at_chance:
             worst = min(at_chance, key=lambda x: (m[f"{x}.recall@10"], m[f"{x}.recall@1"]))
-            return "fail", (f"{len(at_chance)} of {len(m['directions'])} directions at chance: "
-                            f"{self.describe(m, worst)}{self.untrained(untrained)}")
+            found.append(Finding("fail", "at-chance", f"{len(at_chance)} of {len(m['directions'])} directions at chance: "
+                                 f"{self.describe(m, worst)}{self.untrained(untrained)}",
+                                 ("at_chance", "untrained_modalities", f"{worst}.recall@10", "chance.recall@10"), fixes))
         if lagging:
-            worst = min(lagging, key=lambda x: m[f"{x}.recall@1"])
-            best = m["best_direction"]
-            return "warn", (f"{len(m['lagging'])} lagging direction(s): {self.describe(m, worst)}; "
-                            f"best {arrow(best)} R@1 {m[best + '.recall@1']:.3g}")
+            worst, best = min(lagging, key=lambda x: m[f"{x}.recall@1"]), m["best_direction"]
+            found.append(Finding("warn", "lagging", f"{len(lagging)} lagging direction(s): {self.describe(m, worst)}; "
+                                 f"best {arrow(best)} R@1 {m[best + '.recall@1']:.3g}",
+                                 ("lagging", f"{worst}.recall@1", f"{best}.recall@1"), fixes))
         worst = m["worst_direction"]
-        return "pass", (f"all {len(m['directions'])} directions well above chance over {m['items']} items: "
-                        f"worst {self.describe(m, worst)}; mean R@1 {m['mean_recall@1']:.3g}")
+        return found or [Finding("pass", "above-chance", f"all {len(m['directions'])} directions well above chance over "
+                                 f"{m['items']} items: worst {self.describe(m, worst)}; mean R@1 {m['mean_recall@1']:.3g}",
+                                 ("directions", "worst_direction", "mean_recall@1"))]

@@ -1,7 +1,9 @@
 """The Fix contract and the engine that applies fixes to copies of a subject.
 
 A fix is a class in its own file under `modeldoctor/fixes/`, registered with `@register_fix`. Its
-docstring is its documentation (What it changes / Why / Seed / Retraining). Kinds:
+docstring is its documentation (a title line, then What it changes / Why); `doc()` adds, after the
+title, one line generated from the attributes `kind`, `needs_retraining` and `seed`, so the
+docstring never restates them. Kinds:
 - surgery: changes modules (clamp outputs, learnable Fourier frequencies, pre-LN);
 - recipe: changes the training recipe (warmup + cosine, clipping);
 - data: changes the data or objective (random query sampling, masked-only loss).
@@ -18,14 +20,18 @@ from .errors import InputError
 from .registry import get_fix
 from .subject import Subject
 
-DOC_HEADINGS = ("What it changes", "Why", "Seed", "Retraining")
+DOC_HEADINGS = ("What it changes", "Why")
+KINDS = ("surgery", "recipe", "data")
+# The seed stories of shared/seeds by number, named after the sample patients that retell them.
+SEED_STORIES = {"000": "astro-multimodal", "001": "moving-tokens", "002": "crossmodal-retrieval",
+                "003": "sparse-field", "004": "dreaming-moe"}
 
 
 class Fix:
     slug: ClassVar[str] = ""
     kind: ClassVar[str] = "surgery"  # surgery | recipe | data
     needs_retraining: ClassVar[bool] = True
-    seed: ClassVar[str] = ""  # which seed story prescribes it
+    seed: ClassVar[str] = ""  # the seed stories that prescribe it: "003", or "000, 004"
 
     def applicable(self, subject: Subject) -> str | None:
         """Why this fix cannot apply to `subject`, or None."""
@@ -36,8 +42,25 @@ class Fix:
         raise NotImplementedError
 
     @classmethod
+    def seeds(cls) -> list[str]:
+        return [part.strip() for part in cls.seed.split(",") if part.strip()]
+
+    @classmethod
+    def facts(cls) -> str:
+        """One line from the attributes, e.g. `Kind: surgery · Retraining: needed · Seed: 003 (sparse-field)`."""
+        seeds = ", ".join(f"{s} ({SEED_STORIES[s]})" if s in SEED_STORIES else s for s in cls.seeds())
+        retraining = "needed" if cls.needs_retraining else "not needed"
+        return f"Kind: {cls.kind} · Retraining: {retraining} · Seed: {seeds or 'none'}"
+
+    @classmethod
     def doc(cls) -> str:
-        return inspect.cleandoc(cls.__doc__ or "")
+        """The docstring with `facts()` as its own paragraph after the title line.
+
+        After the title, not before it: renderers take the first line (`summary_line`, the fix's
+        one-line lead in the HTML report) as what the fix does.
+        """
+        title, _, body = inspect.cleandoc(cls.__doc__ or "").partition("\n")
+        return "\n\n".join(part for part in (title, cls.facts(), body.strip("\n")) if part)
 
     @classmethod
     def summary_line(cls) -> str:

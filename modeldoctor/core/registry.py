@@ -6,10 +6,10 @@ packages first, then from the entry-point groups `modeldoctor.subjects`, `modeld
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
-import hashlib
 import sys
 import warnings
 from importlib.metadata import entry_points
@@ -128,4 +128,5 @@ def build_subject(name: str, config: dict | None = None):
     except Exception as error:
         raise InputError(f"subject {name!r} could not be built from its config: {type(error).__name__}: {error}") from error
     subject.name = name
+    subject.validate()  # a capability naming a module the model lacks is the factory's input error
     return subject

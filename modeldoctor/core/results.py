@@ -174,5 +174,3 @@ def exit_code(report: dict, fail_on: str = "fail") -> int:
     """0 when nothing reaches `fail_on`, else 1 (the CLI's exit code for a finished diagnosis)."""
     return 1 if reaches(report.get("results") or [], fail_on) else 0
 
-
-Evidence = Measurement  # TRANSITION: removed once every check returns Measurement/Finding

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..core.version import __version__
-from ..core.fix import apply_fixes
-from ..probes.numerics import mse, paired_interval, psnr_db, trivial_scores
+from ..core.errors import InputError
+from ..core.fix import apply_fixes, parse_fix_list
 from ..core.registry import build_subject, load_plugin
 from ..core.results import clean
+from ..core.version import __version__
+from ..probes.numerics import mse, paired_interval, psnr_db, trivial_scores
 from ..probes.retrieval_metrics import chance_baseline
 from ..probes.routing import mean_routing_entropy
 from ..probes.training import collect_predictions, data_range, evaluate, seed_everything, target_mean, train
+from .diagnosis import load_plugin_specs, load_target
 
 # (arm name, seed, step, total steps)
 BenchProgress = Callable[[str, int, int, int], None]
@@ -184,3 +188,50 @@ def run_bench(
         "trivial": trivial,
         "curves": curves,
     })
+
+
+def patched_arms(fixes: str | Sequence[str] | Sequence[Sequence[str]]) -> list[Arm]:
+    """The baseline arm and one patched arm per fix list ("a,b" or ["a", "b"]: one arm; [[...], [...]]: several)."""
+    if isinstance(fixes, str) or all(isinstance(item, str) for item in fixes):
+        fixes = [fixes]
+    lists = [parse_fix_list(item) for item in fixes]  # raises InputError for unknown names
+    if not any(lists):
+        raise InputError("bench needs at least one fix name")
+    return [Arm("baseline", [])] + [Arm("patched" if len(lists) == 1 else f"patched-{i + 1}", names)
+                                    for i, names in enumerate(lists)]
+
+
+def bench(
+    target,
+    fixes: str | Sequence[str] | Sequence[Sequence[str]],
+    *,
+    steps: int | None = None,
+    seeds: int | Sequence[int] = 3,
+    jobs: int = 0,
+    subject: str | None = None,
+    config: dict | str | Path | None = None,
+    plugins: Iterable[str] = (),
+    trust: bool = False,
+    progress: BenchProgress | None = None,
+) -> dict:
+    """Re-train a baseline arm and patched arms of `target` and return the `modeldoctor.bench/1` dict.
+
+    target: a checkpoint path (`subject`, `config`, `trust` as for `diagnose`), a LoadedCheckpoint,
+    a Subject or an Evidence with a subject; every arm starts from a fresh initialisation of its
+    registered subject and config. fixes: one fix list for one patched arm, or a list of lists.
+    seeds: how many (0, 1, ...) or which. jobs: worker processes, 0 for one per CPU core.
+    progress: called (arm, seed, step, total) as runs train.
+    """
+    plugins = list(plugins or ())
+    load_plugin_specs(plugins)
+    evidence, info = load_target(target, subject=subject, config=config, trust=trust)
+    if evidence.subject is None:
+        raise InputError("bench needs a subject to re-train: a checkpoint that names a registered subject, or --subject NAME")
+    arms = patched_arms(fixes)
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    live = evidence.subject
+    return run_bench(live.name, live.config, arms, base_fixes=live.fixes_applied, seeds=seeds, steps=steps,
+                     progress=progress, subject_data=info,
+                     jobs=jobs or min(os.cpu_count() or 1, len(arms) * len(seeds)),
+                     # workers import the plugins again: pass files as absolute paths, modules as named
+                     plugins=[str(Path(p).resolve()) if Path(p).exists() else p for p in plugins])

@@ -27,23 +27,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.version import __version__
 from ..core.errors import InputError
-from .files import atomic_write_bytes
+from ..core.evidence import Evidence, Weights
 from ..core.fix import apply_fixes
 from ..core.registry import build_subject
 from ..core.subject import Subject
+from ..core.version import __version__
+from .files import atomic_write_bytes
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim")
+SCHEDULER_KEYS = ("lr_scheduler", "scheduler", "scheduler_state_dict")
 META_KEY = "modeldoctor"
 
 
 @dataclass
 class LoadedCheckpoint:
+    """A checkpoint read into evidence: the subject built from it and the weights it holds."""
+
     subject: Subject
     path: str
     sha256: str
     format: str  # modeldoctor | state_dict | wrapper:<key> | safetensors | pickled-module
+    weights: Weights | None = None
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence(subject=self.subject, weights=self.weights)
 
 
 def sha256_of(path: Path) -> str:
@@ -224,15 +234,18 @@ def load_checkpoint(
         raise InputError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise InputError(f"checkpoint is not a file: {path}")
+    raw = None
     if path.suffix == ".safetensors":
         meta, state = _load_safetensors(path)
         fmt = "safetensors"
     else:
-        meta, state, fmt = _unwrap(_torch_load(path, trust), path)
+        raw = _torch_load(path, trust)
+        meta, state, fmt = _unwrap(raw, path)
     name = subject or meta.get("subject")
     if not name:
         raise InputError(f"{path} does not name its subject; pass --subject NAME (see `modeldoctor list`)")
     merged_config = {**(meta.get("config") or {}), **(config or {})}
+    beside = training_state(raw) if fmt.startswith("wrapper:") else {}
     built = build_subject(name, merged_config)
     built = apply_fixes(built, meta.get("fixes") or [], copy=False)
     state = _strip_prefix(state, built.model)
@@ -243,4 +256,15 @@ def load_checkpoint(
     if mismatch:
         raise InputError(f"{path} does not fit subject {name!r}: {mismatch}")
     built.model.load_state_dict(state)
-    return LoadedCheckpoint(subject=built, path=str(path), sha256=sha256_of(path), format=fmt)
+    digest = sha256_of(path)
+    weights = Weights.from_state_dict(state, path=str(path), format=fmt, sha256=digest, **beside)
+    return LoadedCheckpoint(subject=built, path=str(path), sha256=digest, format=fmt, weights=weights)
+
+
+def training_state(raw: dict) -> dict:
+    """The optimizer and scheduler state and plain entries (epoch, step) saved beside a model's weights."""
+    def first(keys):
+        return next((raw[k] for k in keys if isinstance(raw.get(k), dict)), None)
+
+    extra = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, (int, float, str, bool))}
+    return {"optimizer": first(OPTIMIZER_KEYS), "scheduler": first(SCHEDULER_KEYS), "extra": extra}

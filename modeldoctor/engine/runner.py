@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable
 
 from ..core.check import Check, CheckContext
 from ..core.errors import BudgetExceeded
-from ..core.evidence import MISSING, Evidence
+from ..core.evidence import MISSING, Evidence, Trace, Weights
 from ..core.registry import CHECKS, FIXES, get_check, load_plugins
-from ..core.results import CheckResult, Finding, clean, counts, derive, ordered, worst_status
+from ..core.results import CheckResult, clean, counts, derive, ordered, worst_status
 from ..core.subject import Subject
 from ..core.version import __version__
 from ..probes.training import seed_everything
@@ -47,8 +47,15 @@ def fix_applies(name: str, subject: Subject | None) -> bool:
     return subject is None or FIXES[name]().applicable(subject) is None
 
 
-def as_evidence(evidence: Evidence | Subject) -> Evidence:
-    return evidence if isinstance(evidence, Evidence) else Evidence(subject=evidence)
+def as_evidence(evidence: Evidence | Subject | Weights | Trace) -> Evidence:
+    """The evidence bundle for one piece of evidence (a case-book case may return any kind)."""
+    if isinstance(evidence, Evidence):
+        return evidence
+    if isinstance(evidence, Weights):
+        return Evidence(weights=evidence)
+    if isinstance(evidence, Trace):
+        return Evidence(trace=evidence)
+    return Evidence(subject=evidence)
 
 
 def run_check(
@@ -68,7 +75,7 @@ def run_check(
             return CheckResult(status="skip", summary=f"skipped: {reason}", duration_s=time.monotonic() - start, **base)
         seed_everything(ctx.seed)
         measurement = check.measure(target.copy() if isinstance(target, Subject) else target, ctx)
-        findings = ordered(_legacy(check, check.judge(measurement), measurement))
+        findings = ordered(check.judge(measurement))
         status, summary = derive(findings)
         prescribed = dict.fromkeys(fix for finding in findings if finding.status != "pass" for fix in finding.fixes)
         fixes = [name for name in prescribed if fix_applies(name, evidence.subject)]
@@ -149,12 +156,3 @@ def build_report(subject_data: dict, results: list[CheckResult], *, evidence: It
     }
 
 
-
-def _legacy(check, judged, measurement):  # TRANSITION: old-style (status, summary) judges
-    if not isinstance(judged, tuple):
-        return judged
-    status, summary = judged
-    fixes = check.prescribed_fixes(status, measurement) if hasattr(check, "prescribed_fixes") else \
-        (list(check.fixes) if status in ("fail", "warn") else [])
-    advice = check.advice(status, measurement) if hasattr(check, "advice") else []
-    return [Finding(status, "legacy", summary, (), tuple(fixes), tuple(advice))]

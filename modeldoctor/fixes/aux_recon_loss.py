@@ -41,12 +41,6 @@ class AuxReconLoss(Fix):
     Seed 000: "add auxiliary reconstruction loss on visible tokens" so that every token's
     representation is trained, not only the masked ones; with many modalities and few masked
     positions per step, the encoder otherwise sees sparse gradients.
-
-    Seed
-    000 (astro-multimodal).
-
-    Retraining
-    Needed: only the objective changes.
     """
 
     slug = "aux-recon-loss"

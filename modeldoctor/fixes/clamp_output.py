@@ -31,18 +31,14 @@ class ClampOutput(Fix):
     Adds a forward hook on the subject's output module (the model unless the subject declares
     `capabilities.output_module`) that clamps predictions to `task.value_range`. The clamp is
     straight-through: values are bounded, but gradients flow as if unclamped, so predictions
-    that stray out of range are still pulled back instead of going silent.
+    that stray out of range are still pulled back instead of going silent. The bound acts at once,
+    on evaluation too; retraining lets the model make use of it. The hook is re-added when a
+    patched checkpoint is loaded.
 
     Why
-    Seed 003: the unbounded ODE output could diverge outside [0, 1]; clamping gave +2-3 dB.
-    Out-of-range predictions are pure error when targets are bounded.
-
-    Seed
-    003 (sparse-field), "Fix 2: Output Clamping (IMPORTANT)".
-
-    Retraining
-    Not needed for the bound itself (it acts at once on evaluation); retraining lets the model
-    use it. The hook is re-added when a patched checkpoint is loaded.
+    Seed 003 ("Fix 2: Output Clamping (IMPORTANT)"): the unbounded ODE output could diverge
+    outside [0, 1]; clamping gave +2-3 dB. Out-of-range predictions are pure error when targets
+    are bounded.
     """
 
     slug = "clamp-output"

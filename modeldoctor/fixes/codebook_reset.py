@@ -27,20 +27,16 @@ class CodebookReset(Fix):
     iterations). It also sets `restart_dead_codes = True` on the quantizer when it has that flag,
     so a well-behaved VQ module (like `modeldoctor.vq.VectorQuantizer`) keeps restarting codes
     whose EMA count falls below `dead_code_threshold` during training. Shapes and names are kept.
+    The round trip improves at once; a downstream model trained on the old tokens must be
+    retrained (k-means moves the live codes too), and the restarts act only in training. The
+    latents come from the codec's samples: declare training-like samples for an honest eval.
 
     Why
     Codes initialised far from the data never win a nearest-neighbour lookup, get no gradient and
     stay dead; the encoder then squeezes everything into a few codes (Jukebox: "random
     restarts"; SoundStream: k-means init and expiring stale codes). The seed's astro codecs
-    round-tripped poorly; the reset makes the round trip use the codebook at once.
-
-    Seed
-    000 (astro-multimodal), "Check codecs are working: test encode-decode cycle".
-
-    Retraining
-    The round trip improves at once. A downstream model trained on the old tokens must be
-    retrained (k-means moves the live codes too), and the restarts act only in training. The
-    latents come from the codec's samples: declare training-like samples for an honest eval.
+    round-tripped poorly ("Check codecs are working: test encode-decode cycle"); the reset makes
+    the round trip use the codebook at once.
     """
 
     slug = "codebook-reset"

@@ -111,21 +111,16 @@ class CodebookResize(Fix):
     K rows, nn.Linear with K outputs or inputs) grow too, keeping their rows: new embedding and
     logit rows start at the mean of the old ones, new input columns at zero. State-dict keys keep
     their names but change shape; a patched checkpoint replays the fix before loading weights.
+    The new codes and rows are untrained copies until the model is retrained.
     The fix applies only to codecs listed in `capabilities.codebook_dependents` (an empty list
     when nothing reads the codes): growing K while a layer still expects K codes would index past it.
 
     Why
     A codebook too small for the data's variety caps the fidelity of every token; the seed moved
-    its spectrum and light-curve tokenizers from 512 to 8192 codes ("Larger codebook = more
-    expressive") and had to update the vocabulary sizes of the transformer with them. On a
-    collapsed codebook, resizing alone only adds unused codes: apply codebook-reset as well.
-
-    Seed
-    000 (astro-multimodal), "Larger Codebook for VectorQuantizer" and "Don't forget to update
-    `vocab_sizes`".
-
-    Retraining
-    Needed: the new codes and vocabulary rows are untrained copies.
+    its spectrum and light-curve tokenizers from 512 to 8192 codes ("Larger Codebook for
+    VectorQuantizer": "Larger codebook = more expressive") and had to update the vocabulary sizes
+    of the transformer with them ("Don't forget to update `vocab_sizes`"). On a collapsed
+    codebook, resizing alone only adds unused codes: apply codebook-reset as well.
     """
 
     slug = "codebook-resize"

@@ -30,13 +30,8 @@ class SetDropout(Fix):
     Why
     A model that fits its training data far better than its evaluation data memorises; dropout
     (Srivastava et al. 2014) is the standard cheap regulariser, and 0.1 is the usual
-    transformer rate (Vaswani et al. 2017).
-
-    Seed
-    001 (moving-tokens), "Add dropout (0.1) - Currently missing in the model".
-
-    Retraining
-    Needed: dropout only changes what training does.
+    transformer rate (Vaswani et al. 2017). Seed 001: "Add dropout (0.1) - Currently missing in
+    the model".
     """
 
     slug = "dropout"

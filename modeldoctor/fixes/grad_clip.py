@@ -15,7 +15,7 @@ class GradClip(Fix):
     What it changes
     The training recipe only: `grad_clip = 1.0`. The training loop then calls
     `torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)` between backward and the optimizer
-    step, so the optimizer never sees a global gradient norm above 1.0.
+    step, so the optimizer never sees a global gradient norm above 1.0. It acts only in training.
 
     Why
     One bad batch or a sharp region of the loss can produce a gradient large enough to throw
@@ -23,15 +23,9 @@ class GradClip(Fix):
     steps untouched. max_norm = 1.0 is the de-facto default (HF Trainer, GPT-style LLMs,
     DeepSeek-V3). If more than about half of the steps get clipped, clipping is acting as an LR
     cut: lower the LR instead. With Adam, clipping bounds a single spike but not a too-high LR,
-    since Adam's step size does not scale with the gradient.
-
-    Seed
-    000 (astro-multimodal), "If loss explodes → decrease learning rate or add gradient
-    clipping"; 004 (dreaming-moe), "clip_grad_norm_(model.parameters(), 1.0)" and "Don't train
-    without gradient clipping".
-
-    Retraining
-    Needed: clipping only acts while training.
+    since Adam's step size does not scale with the gradient. Seed 000: "If loss explodes →
+    decrease learning rate or add gradient clipping"; seed 004 clips with
+    `clip_grad_norm_(model.parameters(), 1.0)` and says "Don't train without gradient clipping".
     """
 
     slug = "grad-clip"

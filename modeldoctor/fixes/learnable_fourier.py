@@ -42,13 +42,8 @@ class LearnableFourier(Fix):
     Why
     Random Fourier features γ(v) = [cos 2πBv, sin 2πBv] work only when σ of B suits the data
     (Tancik et al., 2020): too small blurs, too large gives noise. Learning B lets the network fit
-    the frequencies to the field (Li et al., 2021). The seed expects +1-2 dB.
-
-    Seed
-    003 (sparse-field), "Fix 3: Learnable Fourier Features (OPTIMIZATION)".
-
-    Retraining
-    Needed: the frequencies only move when trained.
+    the frequencies to the field (Li et al., 2021). Seed 003 ("Fix 3: Learnable Fourier Features
+    (OPTIMIZATION)") expects +1-2 dB.
     """
 
     slug = "learnable-fourier"

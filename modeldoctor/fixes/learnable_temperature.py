@@ -43,12 +43,6 @@ class LearnableTemperature(Fix):
     logits span only ±1, so the loss cannot fall far below log(batch) and hard negatives barely
     weigh. A learned temperature lets the model choose (CLIP: Radford et al., 2021, init 0.07,
     clamp at 100). Seed 002: "Implement modality-specific temperature scaling for better alignment".
-
-    Seed
-    002 (crossmodal-retrieval).
-
-    Retraining
-    Needed: the temperature moves only in training.
     """
 
     slug = "learnable-temperature"

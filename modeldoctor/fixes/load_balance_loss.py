@@ -5,8 +5,8 @@ import torch
 
 from ..core.fix import Fix
 from ..core.registry import register_fix
-from ..probes.routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, switch_balance
 from ..core.subject import Subject
+from ..probes.routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, switch_balance
 
 ALPHA = 0.01
 
@@ -33,12 +33,6 @@ class LoadBalanceLoss(Fix):
     use α = 1e-2; seed 004 configures `load_balance_loss_weight=0.01` and checks that "experts
     should be used equally". Since f counts the real dispatch, the router gets a balancing
     gradient even where the task gives it none (a combine that ignores the gate weights).
-
-    Seed
-    004 (dreaming-moe).
-
-    Retraining
-    Needed: the loss only acts while training.
     """
 
     slug = "load-balance-loss"

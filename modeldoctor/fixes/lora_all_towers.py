@@ -4,10 +4,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.fix import Fix
-from ..probes.gradtrace import in_group
-from ..nn.lora import DEFAULT_ALPHA, DEFAULT_RANK, wrap_lora
 from ..core.registry import register_fix
 from ..core.subject import Subject
+from ..nn.lora import DEFAULT_ALPHA, DEFAULT_RANK, wrap_lora
+from ..probes.gradtrace import in_group
 
 
 def frozen_towers(subject: Subject) -> list[str]:
@@ -39,13 +39,8 @@ class LoraAllTowers(Fix):
     PEFT's `target_modules` match layer names; a tower whose layers are named differently gets no
     adapter and, frozen, never learns: retrieval to and from its modality stays at chance while
     the loss still falls on the other pairs. Seed 002: "apply to more layers in underperforming
-    modalities". LoRA keeps the pretrained weights and trains 2·r·(in + out) numbers per layer.
-
-    Seed
-    002 (crossmodal-retrieval), "Optimize LoRA implementation".
-
-    Retraining
-    Needed: the new adapters start at zero.
+    modalities" under "Optimize LoRA implementation". LoRA keeps the pretrained weights and trains
+    2·r·(in + out) numbers per layer.
     """
 
     slug = "lora-all-towers"

@@ -37,12 +37,6 @@ class MaskedLoss(Fix):
     Visible positions are in the model's input; counting them turns most of the objective into a
     copy task that hides how badly the masked prediction goes and dilutes its gradient. Seed 001's
     checklist: "Check loss computation - masked positions only"; MAE and BERT score masked tokens only.
-
-    Seed
-    001 (moving-tokens).
-
-    Retraining
-    Needed: only the objective changes.
     """
 
     slug = "masked-loss"

@@ -6,8 +6,8 @@ from torch import nn
 
 from ..core.fix import Fix
 from ..core.registry import register_fix
-from ..probes.routing import NO_ROUTERS, subject_routers
 from ..core.subject import Subject
+from ..probes.routing import NO_ROUTERS, subject_routers
 
 NOISE_STD = 0.1
 
@@ -43,12 +43,6 @@ class NoisyTopK(Fix):
     (2017) add (learned) Gaussian noise before the top-k; Switch and ST-MoE use multiplicative
     jitter (0.01). Seed 004 configures `moe_noise_std=0.1` ("Noise Std (0.05-0.2): Exploration
     during training").
-
-    Seed
-    004 (dreaming-moe).
-
-    Retraining
-    Needed: the noise only acts while training.
     """
 
     slug = "noisy-top-k"

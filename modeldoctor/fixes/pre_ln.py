@@ -35,18 +35,13 @@ class PreLN(Fix):
     and on the blocks a subject declares in `capabilities.norm_blocks` (modules with a
     `norm_first` flag). A PyTorch encoder/decoder stack without a final norm gets a LayerNorm,
     which pre-LN needs before the head. Existing weights keep their names; the new final norm
-    adds `<stack>.norm.weight/bias` (re-created when a patched checkpoint is loaded).
+    adds `<stack>.norm.weight/bias` (re-created when a patched checkpoint is loaded). The same
+    weights compute a different function after the switch.
 
     Why
     Post-LN has large gradients near the output at initialisation and needs a careful warmup;
     pre-LN is "well-behaved at initialization" (Xiong et al., 2020). Seed 001: "Use pre-LN
     transformer - More stable training".
-
-    Seed
-    001 (moving-tokens).
-
-    Retraining
-    Needed: the same weights compute a different function after the switch.
     """
 
     slug = "pre-ln"

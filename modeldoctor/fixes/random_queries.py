@@ -18,13 +18,8 @@ class RandomQueries(Fix):
     Why
     Seed 003: training always queried the same 51 pixels (0, 5, ..., 250) and evaluation all 1024,
     so 95% of the field was out of distribution and the model predicted the mean (~6 dB). Drawing
-    random pixels every step teaches interpolation everywhere (the seed expects +20-25 dB).
-
-    Seed
-    003 (sparse-field), "Fix 1: Random Query Point Sampling (CRITICAL)".
-
-    Retraining
-    Needed: it changes what the model is trained on, not its weights.
+    random pixels every step teaches interpolation everywhere (the seed's "Fix 1: Random Query
+    Point Sampling (CRITICAL)" expects +20-25 dB).
     """
 
     slug = "random-queries"

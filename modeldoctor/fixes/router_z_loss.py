@@ -5,8 +5,8 @@ import torch
 
 from ..core.fix import Fix
 from ..core.registry import register_fix
-from ..probes.routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, z_loss
 from ..core.subject import Subject
+from ..probes.routing import NO_ROUTERS, RouterPenaltyLoss, RouterRecord, subject_routers, z_loss
 
 COEFFICIENT = 1e-3
 
@@ -29,14 +29,9 @@ class RouterZLoss(Fix):
     Router logits that grow without bound make the softmax saturate and the routing brittle
     (round-off in the exponentials, sudden switches between experts, loss spikes). Zoph et al.
     (2022, ST-MoE) add this z-loss with coefficient 1e-3 next to the balancing loss; it keeps the
-    logits small without changing which expert wins. `expert-balance` prescribes it when the
-    measured z-loss is large.
-
-    Seed
-    004 (dreaming-moe), as the companion of its balancing loss; ST-MoE's recipe.
-
-    Retraining
-    Needed: the loss only acts while training.
+    logits small without changing which expert wins. Seed 004 trains with a balancing loss; this
+    is its companion in ST-MoE's recipe. `expert-balance` prescribes it when the measured z-loss
+    is large.
     """
 
     slug = "router-z-loss"

@@ -29,18 +29,14 @@ class ScaleUp(Fix):
     `capabilities.scale_keys` as {key: factor}, or found by name: d_model/hidden/width ×2,
     n_layers/depth ×2), rebuilds the subject with its registered factory, and re-applies the fixes
     applied before this one. The stored config stays as it was; the checkpoint records `scale-up`,
-    and loading replays it, so the saved weights fit.
+    and loading replays it, so the saved weights fit. The rebuilt model starts from a fresh
+    initialisation.
 
     Why
     Seed 000: the multimodal model was too small for the cross-modal task ("Scale up model
     capacity"), and a capacity bottleneck is one of the bug classes an overfit failure points at.
-    A larger model trained with the same budget shows whether capacity was the limit.
-
-    Seed
-    000 (astro-multimodal); also the capacity advice of seed 001.
-
-    Retraining
-    Needed: the rebuilt model starts from a fresh initialisation.
+    A larger model trained with the same budget shows whether capacity was the limit. Seed 001
+    gives the same advice once training works ("Scale up if working").
     """
 
     slug = "scale-up"

@@ -34,13 +34,8 @@ class WarmupCosine(Fix):
     a linear warmup avoids them (Goyal et al. 2017; Xiong et al. 2020). For Adam, an untuned
     warmup over 2 / (1 − β2) steps is a sound default (Ma & Yarats, AAAI 2021). Cosine decay to
     ~10% of the peak (Loshchilov & Hutter 2017; Chinchilla 2022) lets the end of training settle.
-
-    Seed
-    001 (moving-tokens), "Learning Rate Schedule — Current: Constant LR / Better: Warmup +
-    Cosine Decay"; seed 000 (astro-multimodal) trains with no LR schedule.
-
-    Retraining
-    Needed: a schedule only acts while training.
+    Seed 001: "Learning Rate Schedule — Current: Constant LR / Better: Warmup + Cosine Decay";
+    seed 000 (astro-multimodal) trains with no LR schedule.
     """
 
     slug = "warmup-cosine"

@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .numerics import entropy
 from ..core.subject import Batch, Subject
+from .numerics import entropy
 
 DEAD_LOAD = 0.01  # an expert is dead when its load is below this share of the fair load 1/E
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ..core.errors import BudgetExceeded
+from ..core.subject import Batch, Head, Recipe, Subject
 from .numerics import accuracy, mse, psnr_db
 from .retrieval_metrics import evaluate_retrieval
-from ..core.subject import Batch, Head, Recipe, Subject
 
 
 def seed_everything(seed: int) -> None:

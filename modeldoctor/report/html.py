@@ -17,9 +17,9 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from ..core.results import counts as count_statuses
 from ..core.check import DOC_HEADINGS as CHECK_HEADINGS
 from ..core.fix import DOC_HEADINGS as FIX_HEADINGS
+from ..core.results import counts as count_statuses
 from ..core.results import worst_status
 from .figures import figure_svg, format_number, side_metrics_text
 
@@ -63,6 +63,8 @@ def render_html(report: dict | None = None, bench: dict | None = None,
         "header": _header(report, bench),
         "checks": [_check_view(r, docs) for r in (report or {}).get("results") or []],
         "has_report": report is not None,
+        # Only a report that says so (schema 2, run without a renderer) lacks figures on purpose.
+        "figures_skipped": (report or {}).get("figures") is False,
         "bench": _bench_view(bench) if bench is not None else None,
     }
     return _environment().get_template("report.html.j2").render(**page)
@@ -85,6 +87,7 @@ def _header(report: dict | None, bench: dict | None) -> dict:
         "sha_short": sha[:SHA_SHORT] + ("…" if len(sha) > SHA_SHORT else ""),
         "description": subject.get("description"),
         "fixes_applied": list(subject.get("fixes_applied") or []),
+        "evidence": [str(kind) for kind in report.get("evidence") or []],
         "config": _pretty_json(config) if config not in (None, {}, "") else None,
         "status": report.get("status") or (worst_status(statuses) if report else None),
         "counts": report.get("counts") or count_statuses([{"status": s} for s in statuses]),
@@ -107,8 +110,9 @@ def _check_view(result: dict, docs: dict[str, str]) -> dict:
         "anchor": "check-" + _anchor(slug),
         "code": result.get("code"),
         "status": result.get("status") or "unknown",
-        "severity": result.get("severity"),
+        "evidence": result.get("evidence"),
         "summary": result.get("summary") or "",
+        "findings": _findings_view(result.get("findings")),
         "duration": _duration(result.get("duration_s")),
         "metrics": [(str(k), format_metric(v)) for k, v in (result.get("metrics") or {}).items()],
         "figures": [_figure_html(f) for f in result.get("figures") or []],
@@ -118,6 +122,19 @@ def _check_view(result: dict, docs: dict[str, str]) -> dict:
         "doc": doc_blocks(docs.get(slug)),
         "fixes": [_fix_view(str(f), docs) for f in result.get("fixes") or []],
     }
+
+
+def _findings_view(findings: Any) -> list[dict]:
+    """The findings worth listing under the summary: several, or one that rests on metrics or prescribes fixes.
+
+    A lone bare finding is the summary itself; the advice of every finding is among the notes.
+    """
+    rows = [f for f in findings or [] if isinstance(f, dict)]
+    if len(rows) == 1 and not (rows[0].get("metrics") or rows[0].get("fixes")):
+        return []
+    return [{"status": f.get("status") or "unknown", "kind": str(f.get("kind") or ""), "message": str(f.get("message") or ""),
+             "metrics": [str(m) for m in f.get("metrics") or []], "fixes": [str(x) for x in f.get("fixes") or []]}
+            for f in rows]
 
 
 def _fix_view(slug: str, docs: dict[str, str]) -> dict:

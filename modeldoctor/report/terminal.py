@@ -14,11 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..core.evidence import MISSING
 from ..core.results import STATUSES
 from ..core.results import counts as count_statuses
 from .figures import format_number, side_metrics_text
 
-__all__ = ["print_report", "print_bench", "prescribed_fixes"]
+__all__ = ["print_report", "print_bench", "prescribed_fixes", "skipped_for_evidence"]
 
 STATUS_STYLES = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red",
                  "skip": "dim", "error": "bold magenta"}
@@ -61,12 +62,31 @@ def print_report(report: dict, console: Console) -> None:
     console.print(table)
     console.print(_counts_line(report.get("counts") or count_statuses(
         [r for r in results if r.get("status") in STATUSES])))
+    for line in skipped_for_evidence(report):
+        console.print(Text(line, style="dim"))
     fixes = prescribed_fixes(results)
     if fixes:
         checkpoint = shlex.quote(str(subject.get("checkpoint") or "CHECKPOINT"))
         console.print(f"Prescribed fixes: [bold]{escape(', '.join(fixes))}[/bold]")
         command = f"modeldoctor fix {checkpoint} --apply {','.join(fixes)} --out patched.pt"
         console.print(f"Apply them with: [bold]{escape(command)}[/bold]", soft_wrap=True)
+
+
+def skipped_for_evidence(report: dict) -> list[str]:
+    """One line per evidence kind the run lacked, counting the checks skipped for want of it."""
+    if "evidence" not in report:  # a report/1 (or hand-made) report does not say what the run had
+        return []
+    present = set(report.get("evidence") or [])
+    wanting: dict[str, int] = {}
+    for result in report.get("results") or []:
+        kind = result.get("evidence")
+        if result.get("status") == "skip" and kind and kind not in present:
+            wanting[kind] = wanting.get(kind, 0) + 1
+    lines = []
+    for kind, n in wanting.items():
+        need = MISSING.get(kind, f"needs {kind} evidence").removeprefix("needs ")  # "a recorded training run ..."
+        lines.append(f"{n} checks skipped: they need {need}" if n > 1 else f"1 check skipped: it needs {need}")
+    return lines
 
 
 def _counts_line(counts: dict) -> Text:

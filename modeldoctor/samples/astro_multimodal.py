@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.registry import register_subject
 from ..core.capabilities import Capabilities
+from ..core.registry import register_subject
 from ..core.subject import Codec, Head, Recipe, Subject, Task
 from ..nn.vq import PatchTokenizer, ScalarBinning, VectorQuantizer
 from . import Sample, register_sample

@@ -23,11 +23,11 @@ import math
 import torch
 from torch import nn
 
-from ..nn.lora import wrap_lora
-from ..core.registry import register_subject
-from ..probes.retrieval_metrics import info_nce
 from ..core.capabilities import Capabilities
+from ..core.registry import register_subject
 from ..core.subject import Recipe, Subject, Task
+from ..nn.lora import wrap_lora
+from ..probes.retrieval_metrics import info_nce
 from . import Sample, register_sample
 
 DEFAULTS = {

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.registry import register_subject
 from ..core.capabilities import Capabilities
+from ..core.registry import register_subject
 from ..core.subject import MaskSpec, Recipe, Subject, Task
 from . import Sample, register_sample
 

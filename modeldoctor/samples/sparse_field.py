@@ -16,8 +16,8 @@ import math
 import torch
 from torch import nn
 
-from ..core.registry import register_subject
 from ..core.capabilities import Capabilities
+from ..core.registry import register_subject
 from ..core.subject import QuerySpace, Recipe, Subject, Task
 from . import Sample, register_sample
 

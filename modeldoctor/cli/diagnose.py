@@ -1,0 +1,79 @@
+"""`modeldoctor diagnose`: run the checks on a checkpoint and render the report."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.markup import escape
+
+from ..core.errors import InputError
+from ..core.registry import CHECKS
+from ..core.results import FAIL_ON_LEVELS, exit_code
+from ..engine.diagnosis import diagnose as run_diagnosis
+from ..engine.diagnosis import split_names
+from .common import (
+    ConfigOpt,
+    Debug,
+    LazyBar,
+    Plugins,
+    Seed,
+    SubjectOpt,
+    Threads,
+    Trust,
+    guard_output,
+    handled,
+    out,
+    trusting,
+    write_outputs,
+)
+
+
+def diagnose(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: modeldoctor format, a state dict (or wrapper), or .safetensors.")],
+    subject: SubjectOpt = None,
+    config: ConfigOpt = None,
+    plugin: Plugins = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the modeldoctor.report/2 JSON here ('-' for stdout).")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML report here.")] = None,
+    fail_on: Annotated[str, typer.Option("--fail-on", help="Exit 1 when any check reaches this level: fail, warn or never.")] = "fail",
+    checks: Annotated[Optional[str], typer.Option("--checks", help="Comma-separated checks to run (default: all).")] = None,
+    budget: Annotated[float, typer.Option("--budget", min=1, help="Time budget per check, in seconds.")] = 120.0,
+    seed: Seed = 0,
+    trust_checkpoint: Trust = False,
+    threads: Threads = 1,
+    debug: Debug = False,
+) -> None:
+    """Run the battery of checks on a checkpoint and report the findings, their evidence and fixes."""
+    from ..report import print_report
+
+    with handled(debug, threads):
+        if fail_on not in FAIL_ON_LEVELS:
+            raise InputError(f"--fail-on must be fail, warn or never (got {fail_on!r})")
+        guard_output(json_path, checkpoint)
+        guard_output(html_path, checkpoint)
+        names = split_names(checks)
+        with trusting(trust_checkpoint, checkpoint), check_bar(names) as on_event:
+            report = run_diagnosis(checkpoint, subject=subject, config=config, plugins=plugin or [], trust=trust_checkpoint,
+                                   checks=names, seed=seed, budget_s=budget, figures=html_path is not None, progress=on_event)
+        if str(json_path) != "-":
+            print_report(report, out)
+        write_outputs(json_path, html_path, report, None)
+        code = exit_code(report, fail_on)
+        if code:
+            raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def check_bar(names: list[str]) -> Iterator:
+    """A spinner and bar over the checks; yields the runner's (event, slug, result) callback."""
+    with LazyBar("diagnosing", spinner=True) as bar:
+
+        def on_event(event: str, slug: str, result) -> None:
+            if event == "start":  # plugins are loaded by now, so the registry counts every check
+                bar.update(total=len(names) or len(CHECKS), description=f"running [bold]{escape(str(slug))}[/]")
+            else:
+                bar.update(advance=1)
+
+        yield on_event

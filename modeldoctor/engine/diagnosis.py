@@ -1,0 +1,88 @@
+"""`diagnose`: the library face of `modeldoctor diagnose`, from a checkpoint (or evidence) to a report.
+
+    report = modeldoctor.diagnose("ckpt.pt", checks=["mean-collapse"])   # modeldoctor.report/2 dict
+
+The command line is a thin layer over this function: it parses flags, calls it, and renders.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..core.evidence import Evidence
+from ..core.registry import load_plugin, load_plugins
+from ..core.subject import Subject
+from .checkpoint import LoadedCheckpoint, load_checkpoint, read_config_file
+from .runner import ProgressFn, build_report, run_battery, select_checks, subject_info
+
+
+def load_plugin_specs(plugins: Iterable[str] = ()) -> None:
+    """The built-ins and entry points, then each `--plugin` file or module, in order."""
+    load_plugins()
+    for spec in plugins or ():
+        load_plugin(str(spec))
+
+
+def resolve_config(config: dict | str | Path | None) -> dict | None:
+    """Config overrides: a dict as it is, or a JSON/TOML file read into one."""
+    if config is None or isinstance(config, dict):
+        return config
+    return read_config_file(config)
+
+
+def load_target(target, *, subject: str | None = None, config: dict | str | Path | None = None,
+                trust: bool = False) -> tuple[Evidence, dict]:
+    """(evidence, subject info for the report) of a checkpoint path, a loaded checkpoint, a Subject or Evidence.
+
+    `subject`, `config` and `trust` say how to read a checkpoint; they are an error with anything else.
+    """
+    if isinstance(target, (str, Path)):
+        target = load_checkpoint(target, subject=subject, config=resolve_config(config), trust=trust)
+    elif subject is not None or config is not None or trust:
+        raise ValueError("subject, config and trust apply only when the target is a checkpoint path")
+    if isinstance(target, LoadedCheckpoint):
+        return target.evidence, subject_info(target.subject, target.path, target.sha256)
+    if isinstance(target, Subject):
+        return Evidence(subject=target), subject_info(target)
+    if isinstance(target, Evidence):
+        weights = target.weights
+        return target, subject_info(target.subject, weights and weights.path, weights and weights.sha256)
+    raise TypeError(f"diagnose needs a checkpoint path, a Subject or an Evidence, not {type(target).__name__}")
+
+
+def split_names(names: str | Iterable[str] | None) -> list[str]:
+    """Check names from "a,b" or ["a", "b"]; empty means all."""
+    items = names.split(",") if isinstance(names, str) else list(names or [])
+    return [name.strip() for name in items if name.strip()]
+
+
+def diagnose(
+    target,
+    *,
+    subject: str | None = None,
+    config: dict | str | Path | None = None,
+    plugins: Iterable[str] = (),
+    trust: bool = False,
+    checks: str | Iterable[str] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    budget_s: float | None = 120.0,
+    figures: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Run the checks on `target` and return the `modeldoctor.report/2` dict.
+
+    target: a checkpoint path (read with `load_checkpoint`; `subject`, `config` (a dict or a JSON/TOML
+    file) and `trust` as there), a `LoadedCheckpoint`, a `Subject`, or an `Evidence` bundle.
+    plugins: files or modules that register subjects, checks or fixes, imported first.
+    checks: names to run (default all); options: {check slug: {option: value}}.
+    figures: build each check's figures (only worth it when something will draw them).
+    progress: called (event "start"|"end", slug, result) around each check.
+    Bad input raises InputError with one clear line.
+    """
+    load_plugin_specs(plugins)
+    evidence, info = load_target(target, subject=subject, config=config, trust=trust)
+    selected = select_checks(split_names(checks))
+    results = run_battery(evidence, selected, options=options, seed=seed, budget_s=budget_s,
+                          progress=progress, figures=figures)
+    return build_report(info, results, evidence=evidence.kinds(), figures=figures)
