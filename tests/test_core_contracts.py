@@ -217,3 +217,10 @@ def test_a_factory_whose_capabilities_name_missing_modules_fails_to_build():
 
     with pytest.raises(InputError, match="prefix 'heads' matches no module"):
         modeldoctor.build_subject("test-misnamed-groups")
+
+
+def test_the_battery_runs_in_the_documented_order():
+    """`modeldoctor/checks/__init__.py` imports the built-ins in battery order (cheap, general checks first)."""
+    builtins = [c.slug for c in select_checks() if c.__module__.startswith("modeldoctor.checks.")]
+    assert builtins == ["overfit-batch", "grad-norms", "lr-range", "loss-masking", "mean-collapse", "query-coverage",
+                        "codec-roundtrip", "expert-balance", "attention", "retrieval"]

@@ -1,13 +1,5 @@
 """Built-in checks, one per file; importing this package registers them (in battery order)."""
 from . import (  # noqa: F401
-    attention,
-    codec_roundtrip,
-    expert_balance,
-    grad_norms,
-    loss_masking,
-    lr_range,
-    mean_collapse,
-    overfit_batch,
-    query_coverage,
-    retrieval,
+    overfit_batch, grad_norms, lr_range, loss_masking, mean_collapse, query_coverage, codec_roundtrip, expert_balance,
+    attention, retrieval,
 )

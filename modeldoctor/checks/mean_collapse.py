@@ -168,6 +168,7 @@ class MeanCollapse(Check):
         return [Finding("pass", "beats-trivial", f"beats the mean predictor: {said}", keys)]
 
     def judge_heads(self, m: dict) -> list[Finding]:
+        # Each head is judged again from its scores, so the verdicts follow this check's options.
         scores = {name: {k[len(name) + 1:]: v for k, v in m.items() if k.startswith(name + ".")} for name in m["heads"]}
         verdicts = {name: self.judge_head(scores[name]["kind"], scores[name]) for name in m["heads"]}  # {name: (status, said)}
         found = []
@@ -178,6 +179,7 @@ class MeanCollapse(Check):
             which, said = ", ".join(f"'{n}'" for n in named), verdicts[named[0]][1]
             message = (f"head {which} is {verdict} its trivial predictor: {said}" if len(named) == 1 else
                        f"heads {which} are {verdict} their trivial predictors; '{named[0]}': {said}")
-            found.append(Finding(status, kind, message, tuple(f"{n}.{k}" for n in named for k in scores[n]), self.fixes))
+            rests_on = tuple(f"{n}.{k}" for n in named for k in scores[n] if k not in ("kind", "status"))
+            found.append(Finding(status, kind, message, rests_on, self.fixes))
         return found or [Finding("pass", "beats-trivial", f"every head beats its trivial predictor "
                                  f"({len(verdicts)} head{'s' * (len(verdicts) > 1)})", tuple(f"{n}.status" for n in verdicts))]
