@@ -6,7 +6,7 @@ from torch import nn
 
 from ..core.check import Check, CheckContext
 from ..core.registry import register_check
-from ..core.results import Figure, Finding, Measurement, derive
+from ..core.results import RANK, Figure, Finding, Measurement, derive
 from ..core.subject import Subject
 from ..probes.numerics import accuracy, mse, psnr_db
 from ..probes.training import StopTraining, TrainMonitor, collect_predictions, data_range, train
@@ -146,7 +146,7 @@ class OverfitBatch(Check):
             said, keys = f"reached {m['psnr_db']:.1f} dB on one batch in {m['steps']} steps (loss fell {drop:.1%})", ("psnr_db", *keys)
         elif "accuracy" in m:
             by_accuracy = "pass" if m["accuracy"] >= o["pass_accuracy"] else "warn" if m["accuracy"] >= o["warn_accuracy"] else "fail"
-            status = min(by_accuracy, by_drop, key=["pass", "warn", "fail"].index)  # either one passing is enough
+            status = min(by_accuracy, by_drop, key=RANK.__getitem__)  # either one passing is enough
             said, keys = f"reached {m['accuracy']:.1%} accuracy on one batch in {m['steps']} steps (loss fell {drop:.1%})", ("accuracy", *keys)
         else:
             status = by_drop

@@ -19,13 +19,13 @@ from markupsafe import Markup, escape
 
 from ..core.check import DOC_HEADINGS as CHECK_HEADINGS
 from ..core.fix import DOC_HEADINGS as FIX_HEADINGS
+from ..core.results import STATUSES, worst_status
 from ..core.results import counts as count_statuses
-from ..core.results import worst_status
 from .figures import figure_svg, format_number, side_metrics_text
 
 __all__ = ["render_html", "doc_blocks", "format_metric"]
 
-KNOWN_STATUSES = ("pass", "warn", "fail", "skip", "error")
+KNOWN_STATUSES = frozenset(STATUSES)  # the order lives in core.results; here only membership matters
 # The fixed headings of check and fix docstrings, plus a few general ones.
 DOC_HEADINGS = frozenset({*CHECK_HEADINGS, *FIX_HEADINGS, "Notes", "Example", "Examples", "References"})
 SHA_SHORT = 12
