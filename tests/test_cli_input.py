@@ -103,7 +103,6 @@ BAD_INPUT = {
         ["diagnose", "misfit.pt", "--subject", "sparse-field", "--config", "tiny.json"],
         ["does not fit", "missing 1: head.bias", "unexpected 1: decoder.extra", "(2, 32) vs model (1, 32)"],
     ),
-    "nan-weights": (["diagnose", "nan.pt", "--subject", "sparse-field", "--config", "tiny.json"], ["NaN", "head.weight"]),
     "unknown-option": (["diagnose", "tiny.pt", "--no-such-option"], ["--no-such-option"]),
     "bad-fail-on": (["diagnose", "tiny.pt", "--fail-on", "sometimes"], ["--fail-on", "sometimes"]),
     "malicious-pickle": (["diagnose", "evil.pt", "--checks", "query-coverage"], ["pickled Python code", "--trust-checkpoint"]),
@@ -150,7 +149,7 @@ def test_debug_shows_traceback(bad_input_runs):
 
 # More bad input, in-process (cheap): the same one-line contract, checked through cli.main.
 MORE_BAD_INPUT = {
-    "unnamed-state-dict": (["diagnose", "plain.pt"], ["--subject"]),
+    "missing-against": (["diagnose", "plain.pt", "--against", "nosuch.pt"], ["checkpoint not found", "nosuch.pt"]),
     "bad-budget": (["diagnose", "tiny.pt", "--budget", "0"], ["--budget"]),
     "missing-argument": (["diagnose"], ["checkpoint"]),
     "missing-config": (["diagnose", "tiny.pt", "--config", "nosuch.json"], ["config file not found"]),

@@ -220,7 +220,9 @@ def test_a_factory_whose_capabilities_name_missing_modules_fails_to_build():
 
 
 def test_the_battery_runs_in_the_documented_order():
-    """`modeldoctor/checks/__init__.py` imports the built-ins in battery order (cheap, general checks first)."""
+    """`modeldoctor/checks/__init__.py` imports the built-ins in battery order (data-free weight checks, then
+    cheap, general subject checks)."""
     builtins = [c.slug for c in select_checks() if c.__module__.startswith("modeldoctor.checks.")]
-    assert builtins == ["overfit-batch", "grad-norms", "lr-range", "loss-masking", "mean-collapse", "query-coverage",
+    assert builtins == ["non-finite", "dead-units", "untrained-layers", "optimizer-state", "weight-collapse",
+                        "spectral-shape", "overfit-batch", "grad-norms", "lr-range", "loss-masking", "mean-collapse", "query-coverage",
                         "codec-roundtrip", "expert-balance", "attention", "retrieval"]

@@ -82,6 +82,8 @@ class Weights:
     extra: other plain entries of a training checkpoint (epoch, global_step, ...).
     base: the checkpoint to compare against (`--against`: the initial or pre-fine-tuning weights).
     path, format, sha256: where the tensors came from, for the report.
+    cache: per-tensor summaries that probes memoize (`probes.weight_stats`), so the checks of one run
+    read each tensor once between them.
     """
 
     source: TensorSource
@@ -92,6 +94,7 @@ class Weights:
     path: str | None = None
     format: str = ""
     sha256: str | None = None
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], **fields: Any) -> "Weights":
@@ -136,11 +139,19 @@ class Trace:
 
 @dataclass
 class Evidence:
-    """What a diagnosis has to go on: any of a live subject, a checkpoint's weights, a recorded run."""
+    """What a diagnosis has to go on: any of a live subject, a checkpoint's weights, a recorded run.
+
+    missing: why a kind is absent when the reason is more specific than `MISSING` (a named subject
+    that could not be built from NaN weights, say); the checks that need it are skipped with it.
+    """
 
     subject: Subject | None = None
     weights: Weights | None = None
     trace: Trace | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def why_missing(self, kind: str) -> str:
+        return self.missing.get(kind) or MISSING[kind]
 
     def get(self, kind: str) -> Subject | Weights | Trace | None:
         if kind not in EVIDENCE_KINDS:

@@ -6,22 +6,31 @@ title, one line generated from the attributes `kind`, `needs_retraining` and `se
 docstring never restates them. Kinds:
 - surgery: changes modules (clamp outputs, learnable Fourier frequencies, pre-LN);
 - recipe: changes the training recipe (warmup + cosine, clipping);
-- data: changes the data or objective (random query sampling, masked-only loss).
+- data: changes the data or objective (random query sampling, masked-only loss);
+- weights: changes the tensors of a checkpoint (re-initialize dead units), with no model class.
 
-A fix acts on a Subject before its weights are loaded, and must not rename parameters, so a
-checkpoint can record the fixes it went through and `load` replays them before loading weights.
+A subject fix (`needs = "subject"`) acts on a Subject before its weights are loaded, and must not
+rename parameters, so a checkpoint can record the fixes it went through and `load` replays them
+before loading weights. A weights fix (`needs = "weights"`, kind "weights") returns the tensors it
+replaces (`apply_weights`); `modeldoctor fix` writes them, with every other entry of the file kept,
+to a new file.
 """
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar, Iterable
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 from .errors import InputError
 from .registry import get_fix
 from .subject import Subject
 
+if TYPE_CHECKING:
+    import torch
+
+    from .evidence import Weights
+
 DOC_HEADINGS = ("What it changes", "Why")
-KINDS = ("surgery", "recipe", "data")
+KINDS = ("surgery", "recipe", "data", "weights")
 # The seed stories of shared/seeds by number, named after the sample patients that retell them.
 SEED_STORIES = {"000": "astro-multimodal", "001": "moving-tokens", "002": "crossmodal-retrieval",
                 "003": "sparse-field", "004": "dreaming-moe"}
@@ -32,6 +41,7 @@ class Fix:
     kind: ClassVar[str] = "surgery"  # surgery | recipe | data
     needs_retraining: ClassVar[bool] = True
     seed: ClassVar[str] = ""  # the seed stories that prescribe it: "003", or "000, 004"
+    needs: ClassVar[str] = "subject"  # "subject": apply(); "weights": apply_weights()
 
     def applicable(self, subject: Subject) -> str | None:
         """Why this fix cannot apply to `subject`, or None."""
@@ -39,6 +49,14 @@ class Fix:
 
     def apply(self, subject: Subject) -> None:
         """Change `subject` (already a copy) in place."""
+        raise NotImplementedError
+
+    def applicable_weights(self, weights: "Weights") -> str | None:
+        """Why this weights fix cannot apply to `weights` (nothing to change, say), or None."""
+        return None
+
+    def apply_weights(self, weights: "Weights") -> "dict[str, torch.Tensor]":
+        """The tensors a weights fix replaces, by name (new tensors; `weights` is never modified)."""
         raise NotImplementedError
 
     @classmethod

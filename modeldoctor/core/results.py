@@ -8,9 +8,15 @@ Schema `modeldoctor.report/2` (one object per diagnose run):
      "figures": true,                               # whether figures were built (only when a renderer asks)
      "status": worst status, "counts": {"pass": n, ...},
      "results": [{"check", "code", "evidence", "status", "summary", "findings", "metrics", "fixes", "notes",
-                  "duration_s", "options", "figures", "error"}]}
+                  "duration_s", "options", "figures", "error"}],
+     "weights": {...}}                               # when the run had a checkpoint's weights: see below
 
-Each finding: {"status", "kind", "message", "metrics", "fixes", "advice"}. A result's status, summary,
+`weights` (engine.layer_table): the checkpoint's format, tensor and parameter counts, whether it carried
+optimizer/scheduler state and a base (`--against`), and one row per layer {name, kind, shape, dtype,
+parameters, tensors, flags {check: status}, worst}, worst first.
+
+Each finding: {"status", "kind", "message", "metrics", "fixes", "advice", "where"} (`where`: the tensors or
+modules it is about). A result's status, summary,
 fixes and notes are derived from its findings by the runner (`derive`).
 
 Changes from `modeldoctor.report/1`: `severity` is gone (the status alone sets the exit code through
@@ -74,6 +80,8 @@ class Finding:
     status: pass | warn | fail. kind: a stable tag ("exploding", "dead", "balance", "healthy").
     metrics: the metric keys the finding rests on. fixes: the fixes it prescribes (the runner keeps
     those that apply to the subject). advice: extra lines (what it implies, where to look).
+    where: the tensors or modules it is about, by name (the per-layer table and heatmap of a
+    weights report are built from it).
     """
 
     status: str
@@ -82,16 +90,17 @@ class Finding:
     metrics: tuple[str, ...] = ()
     fixes: tuple[str, ...] = ()
     advice: tuple[str, ...] = ()
+    where: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in FINDING_STATUSES:
             raise ValueError(f"a finding's status is one of {', '.join(FINDING_STATUSES)}, not {self.status!r}")
-        for name in ("metrics", "fixes", "advice"):  # accept lists; keep the frozen value hashable
+        for name in ("metrics", "fixes", "advice", "where"):  # accept lists; keep the frozen value hashable
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_dict(self) -> dict:
         return {"status": self.status, "kind": self.kind, "message": self.message, "metrics": list(self.metrics),
-                "fixes": list(self.fixes), "advice": list(self.advice)}
+                "fixes": list(self.fixes), "advice": list(self.advice), "where": list(self.where)}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from ..core.evidence import Evidence
 from ..core.registry import load_plugin, load_plugins
 from ..core.subject import Subject
 from .checkpoint import LoadedCheckpoint, load_checkpoint, read_config_file
+from .layer_table import weights_summary
 from .runner import ProgressFn, build_report, run_battery, select_checks, subject_info
 
 
@@ -31,15 +32,15 @@ def resolve_config(config: dict | str | Path | None) -> dict | None:
 
 
 def load_target(target, *, subject: str | None = None, config: dict | str | Path | None = None,
-                trust: bool = False) -> tuple[Evidence, dict]:
+                trust: bool = False, against: str | Path | None = None) -> tuple[Evidence, dict]:
     """(evidence, subject info for the report) of a checkpoint path, a loaded checkpoint, a Subject or Evidence.
 
-    `subject`, `config` and `trust` say how to read a checkpoint; they are an error with anything else.
+    `subject`, `config`, `trust` and `against` say how to read a checkpoint; they are an error with anything else.
     """
     if isinstance(target, (str, Path)):
-        target = load_checkpoint(target, subject=subject, config=resolve_config(config), trust=trust)
-    elif subject is not None or config is not None or trust:
-        raise ValueError("subject, config and trust apply only when the target is a checkpoint path")
+        target = load_checkpoint(target, subject=subject, config=resolve_config(config), trust=trust, against=against)
+    elif subject is not None or config is not None or trust or against is not None:
+        raise ValueError("subject, config, trust and against apply only when the target is a checkpoint path")
     if isinstance(target, LoadedCheckpoint):
         return target.evidence, subject_info(target.subject, target.path, target.sha256)
     if isinstance(target, Subject):
@@ -63,6 +64,7 @@ def diagnose(
     config: dict | str | Path | None = None,
     plugins: Iterable[str] = (),
     trust: bool = False,
+    against: str | Path | None = None,
     checks: str | Iterable[str] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
@@ -73,7 +75,8 @@ def diagnose(
     """Run the checks on `target` and return the `modeldoctor.report/2` dict.
 
     target: a checkpoint path (read with `load_checkpoint`; `subject`, `config` (a dict or a JSON/TOML
-    file) and `trust` as there), a `LoadedCheckpoint`, a `Subject`, or an `Evidence` bundle.
+    file), `trust` and `against` (a checkpoint to compare with) as there), a `LoadedCheckpoint`, a
+    `Subject`, or an `Evidence` bundle. A checkpoint that names no subject is diagnosed from its weights.
     plugins: files or modules that register subjects, checks or fixes, imported first.
     checks: names to run (default all); options: {check slug: {option: value}}.
     figures: build each check's figures (only worth it when something will draw them).
@@ -81,8 +84,9 @@ def diagnose(
     Bad input raises InputError with one clear line.
     """
     load_plugin_specs(plugins)
-    evidence, info = load_target(target, subject=subject, config=config, trust=trust)
+    evidence, info = load_target(target, subject=subject, config=config, trust=trust, against=against)
     selected = select_checks(split_names(checks))
     results = run_battery(evidence, selected, options=options, seed=seed, budget_s=budget_s,
                           progress=progress, figures=figures)
-    return build_report(info, results, evidence=evidence.kinds(), figures=figures)
+    section = weights_summary(evidence.weights, results) if evidence.weights is not None else None
+    return build_report(info, results, evidence=evidence.kinds(), figures=figures, weights=section)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from ..core.check import Check, CheckContext
 from ..core.errors import BudgetExceeded
-from ..core.evidence import MISSING, Evidence, Trace, Weights
+from ..core.evidence import Evidence, Trace, Weights
 from ..core.registry import CHECKS, FIXES, get_check, load_plugins
 from ..core.results import CheckResult, clean, counts, derive, ordered, worst_status
 from ..core.subject import Subject
@@ -39,12 +39,19 @@ def check_seed(seed: int, slug: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(slug.encode())) % 2**31
 
 
-def fix_applies(name: str, subject: Subject | None) -> bool:
-    """Prescribe only fixes that are registered and can act on this subject (any, without one)."""
+def fix_applies(name: str, evidence: Evidence) -> bool:
+    """Prescribe only fixes that are registered and can act on this evidence.
+
+    A weights fix needs the checkpoint's weights; a subject fix needs a subject it applies to. With
+    no subject, a subject fix is left to the finding (its `fixes` and advice say what would help).
+    """
     load_plugins()  # the built-in fixes register on first use
     if name not in FIXES:
         return False
-    return subject is None or FIXES[name]().applicable(subject) is None
+    fix = FIXES[name]()
+    if fix.needs == "weights":
+        return evidence.weights is not None and fix.applicable_weights(evidence.weights) is None
+    return evidence.subject is not None and fix.applicable(evidence.subject) is None
 
 
 def as_evidence(evidence: Evidence | Subject | Weights | Trace) -> Evidence:
@@ -67,7 +74,7 @@ def run_check(
     base = dict(check=check.slug, code=check.code, evidence=check.needs, options=dict(check.options))
     target = evidence.get(check.needs)
     if target is None:
-        return CheckResult(status="skip", summary=f"skipped: {MISSING[check.needs]}", **base)
+        return CheckResult(status="skip", summary=f"skipped: {evidence.why_missing(check.needs)}", **base)
     ctx = CheckContext(seed=check_seed(seed, check.slug), deadline=None if budget_s is None else start + budget_s)
     try:
         reason = check.requires(target)
@@ -78,7 +85,7 @@ def run_check(
         findings = ordered(check.judge(measurement))
         status, summary = derive(findings)
         prescribed = dict.fromkeys(fix for finding in findings if finding.status != "pass" for fix in finding.fixes)
-        fixes = [name for name in prescribed if fix_applies(name, evidence.subject)]
+        fixes = [name for name in prescribed if fix_applies(name, evidence)]
         notes = list(measurement.notes) + [line for finding in findings for line in finding.advice]
         drawn = [figure.to_dict() for figure in measurement.build_figures()] if figures else []
     except BudgetExceeded as error:
@@ -140,9 +147,10 @@ def subject_info(subject: Subject | None, checkpoint: str | None = None, sha256:
 
 
 def build_report(subject_data: dict, results: list[CheckResult], *, evidence: Iterable[str] = ("subject",),
-                 figures: bool = True) -> dict:
-    """The canonical `modeldoctor.report/2` dict."""
+                 figures: bool = True, weights: dict | None = None) -> dict:
+    """The canonical `modeldoctor.report/2` dict; `weights` is its weights section (`engine.layer_table`)."""
     rows = [r.to_dict() for r in results]
+    extra = {"weights": weights} if weights is not None else {}
     return {
         "schema": "modeldoctor.report/2",
         "tool_version": __version__,
@@ -153,6 +161,7 @@ def build_report(subject_data: dict, results: list[CheckResult], *, evidence: It
         "status": worst_status([r["status"] for r in rows]),
         "counts": counts(rows),
         "results": rows,
+        **extra,
     }
 
 

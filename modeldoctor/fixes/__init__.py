@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     noisy_top_k,
     pre_ln,
     random_queries,
+    reinit_dead_units,
     router_z_loss,
     scale_up,
     warmup_cosine,

@@ -63,6 +63,7 @@ def render_html(report: dict | None = None, bench: dict | None = None,
         "header": _header(report, bench),
         "checks": [_check_view(r, docs) for r in (report or {}).get("results") or []],
         "has_report": report is not None,
+        "layers": _layers_view((report or {}).get("weights")),
         # Only a report that says so (schema 2, run without a renderer) lacks figures on purpose.
         "figures_skipped": (report or {}).get("figures") is False,
         "bench": _bench_view(bench) if bench is not None else None,
@@ -98,6 +99,38 @@ def _header(report: dict | None, bench: dict | None) -> dict:
 
 def _pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+# ----------------------------------------------------------------------------- layers
+
+LAYERS_SHOWN = 40  # rows before the rest fold away; flagged layers come first
+
+
+def _layers_view(weights: Any) -> dict | None:
+    """The layers x checks heatmap of a weights report: one row per layer, worst first, a cell per weight check."""
+    if not isinstance(weights, dict) or not weights.get("layers"):
+        return None
+    checks = [str(c) for c in weights.get("checks") or []]
+    rows = []
+    for layer in weights["layers"]:
+        flags = layer.get("flags") or {}
+        rows.append({
+            "name": str(layer.get("name")), "kind": str(layer.get("kind") or ""),
+            "shape": "×".join(str(n) for n in layer.get("shape") or []) or "scalar",
+            "dtype": str(layer.get("dtype") or ""), "parameters": format_number(layer.get("parameters")),
+            "cells": [{"check": c, "status": str(flags.get(c, "pass"))} for c in checks],
+            "flagged": bool(flags),
+        })
+    facts = [("format", weights.get("format")), ("tensors", weights.get("tensors")),
+             ("parameters", format_number(weights.get("parameters"))),
+             ("dtypes", ", ".join(f"{k} ×{v}" for k, v in (weights.get("dtypes") or {}).items())),
+             ("optimizer state", "yes" if weights.get("optimizer") else "no"),
+             ("compared against", weights.get("against"))]
+    facts += [(str(k), format_number(v) if isinstance(v, (int, float)) else str(v)) for k, v in (weights.get("extra") or {}).items()]
+    columns = [{"slug": c, "anchor": "check-" + _anchor(c)} for c in checks]
+    return {"checks": columns, "shown": rows[:LAYERS_SHOWN], "folded": rows[LAYERS_SHOWN:],
+            "flagged": sum(row["flagged"] for row in rows), "total": len(rows),
+            "facts": [(k, v) for k, v in facts if v not in (None, "")]}
 
 
 # ----------------------------------------------------------------------------- checks

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from pathlib import PurePath
 from typing import Any
 
 from rich.console import Console
@@ -46,16 +47,22 @@ def prescribed_fixes(results: list[dict]) -> list[str]:
 
 
 def print_report(report: dict, console: Console) -> None:
-    """A table of checks (status, summary, duration) and a closing line with what to do next."""
+    """A table of checks (status, summary, duration), the flagged layers, and what to do next.
+
+    Checks skipped for want of a kind of evidence get one line per kind, not a row each.
+    """
     results = report.get("results") or []
     subject = report.get("subject") or {}
-    table = Table(title=Text(f"modeldoctor · {subject.get('name') or 'subject'}", style="bold"),
+    unseen = lacking_evidence(report)
+    table = Table(title=Text(f"modeldoctor · {subject.get('name') or _file_name(subject.get('checkpoint'))}", style="bold"),
                   title_justify="left", expand=False)
     table.add_column("check", style="cyan", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("summary", overflow="fold")
     table.add_column("time", justify="right", no_wrap=True)
     for result in results:
+        if result in unseen:
+            continue
         table.add_row(Text(str(result.get("check") or "?"), style="cyan"),
                       _status(result.get("status")), Text(str(result.get("summary") or "")),
                       _duration(result.get("duration_s")))
@@ -64,24 +71,68 @@ def print_report(report: dict, console: Console) -> None:
         [r for r in results if r.get("status") in STATUSES])))
     for line in skipped_for_evidence(report):
         console.print(Text(line, style="dim"))
+    if report.get("weights"):
+        print_layers(report["weights"], console)
     fixes = prescribed_fixes(results)
     if fixes:
-        checkpoint = shlex.quote(str(subject.get("checkpoint") or "CHECKPOINT"))
+        source = str(subject.get("checkpoint") or "CHECKPOINT")
+        checkpoint = shlex.quote(source)
         console.print(f"Prescribed fixes: [bold]{escape(', '.join(fixes))}[/bold]")
-        command = f"modeldoctor fix {checkpoint} --apply {','.join(fixes)} --out patched.pt"
+        command = f"modeldoctor fix {checkpoint} --apply {','.join(fixes)} --out {shlex.quote(patched_name(source, (report.get('weights') or {}).get('format')))}"
         console.print(f"Apply them with: [bold]{escape(command)}[/bold]", soft_wrap=True)
+
+
+def _file_name(path: Any) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1] if path else "subject"
+
+
+def patched_name(source: str, fmt: str | None = None) -> str:
+    """Where the prescribed `fix` command writes: beside the input and in its format (a folder for a folder)."""
+    if fmt == "hf-folder":
+        return "patched"
+    suffix = PurePath(source).suffix
+    return f"patched{suffix if suffix in ('.pt', '.pth', '.bin', '.ckpt', '.safetensors') else '.pt'}"
+
+
+def lacking_evidence(report: dict) -> list[dict]:
+    """The results skipped because the run lacked the kind of evidence they need."""
+    if "evidence" not in report:  # a report/1 (or hand-made) report does not say what the run had
+        return []
+    present = set(report.get("evidence") or [])
+    return [r for r in report.get("results") or []
+            if r.get("status") == "skip" and r.get("evidence") and r.get("evidence") not in present]
+
+
+def print_layers(weights: dict, console: Console, limit: int = 12) -> None:
+    """What the checkpoint holds and its flagged layers, worst first (the HTML report lists them all)."""
+    layers = weights.get("layers") or []
+    flagged = [row for row in layers if row.get("flags")]
+    line = (f"Weights: {format_number(weights.get('parameters'))} parameters in {weights.get('tensors')} tensors, "
+            f"{len(layers)} layers ({weights.get('format') or 'checkpoint'}"
+            + (", with optimizer state" if weights.get("optimizer") else "") + ")")
+    console.print(Text(line, style="dim"))
+    if not flagged:
+        return
+    table = Table(title=Text(f"Flagged layers ({len(flagged)} of {len(layers)})", style="bold"), title_justify="left")
+    for column in ("layer", "kind", "shape", "parameters", "flagged by"):
+        table.add_column(column, overflow="fold")
+    for row in flagged[:limit]:
+        marks = Text()
+        for i, (check, status) in enumerate((row.get("flags") or {}).items()):
+            marks.append((", " if i else "") + f"{check} ({status})", style=STATUS_STYLES.get(str(status), ""))
+        table.add_row(Text(str(row.get("name"))), Text(str(row.get("kind"))), Text("×".join(map(str, row.get("shape") or []))),
+                      format_number(row.get("parameters")), marks)
+    console.print(table)
+    if len(flagged) > limit:
+        console.print(Text(f"… and {len(flagged) - limit} more flagged layers (see --html or --json)", style="dim"))
 
 
 def skipped_for_evidence(report: dict) -> list[str]:
     """One line per evidence kind the run lacked, counting the checks skipped for want of it."""
-    if "evidence" not in report:  # a report/1 (or hand-made) report does not say what the run had
-        return []
-    present = set(report.get("evidence") or [])
     wanting: dict[str, int] = {}
-    for result in report.get("results") or []:
-        kind = result.get("evidence")
-        if result.get("status") == "skip" and kind and kind not in present:
-            wanting[kind] = wanting.get(kind, 0) + 1
+    for result in lacking_evidence(report):
+        kind = result["evidence"]
+        wanting[kind] = wanting.get(kind, 0) + 1
     lines = []
     for kind, n in wanting.items():
         need = MISSING.get(kind, f"needs {kind} evidence").removeprefix("needs ")  # "a recorded training run ..."
