@@ -65,7 +65,7 @@ def test_runner_derives_status_summary_fixes_and_notes():
     assert [f.kind for f in result.findings] == ["broken", "fine"]
     assert result.to_dict()["findings"][0] == {"status": "fail", "kind": "broken", "message": "part two broken",
                                               "metrics": ["a"], "fixes": ["grad-clip", "random-queries", "no-such-fix"],
-                                              "advice": ["look at part two"]}
+                                              "advice": ["look at part two"], "where": []}
 
 
 def test_figures_are_built_only_when_asked():

@@ -1,8 +1,9 @@
 """Every registered fix keeps the Fix contract.
 
-It applies to some subject (a sample patient, else a case of a check that prescribes it); applying it
-to the patched subject again changes nothing; a checkpoint of the patched subject replays it to the
-same weights. Its attributes say what its docstring no longer restates.
+A subject fix applies to some subject (a sample patient, else a case of a check that prescribes it);
+applying it to the patched subject again changes nothing; a checkpoint of the patched subject replays
+it to the same weights. A weights fix applies to some case-book Weights and returns tensors in kind.
+Their attributes say what their docstrings no longer restate.
 """
 from itertools import chain
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from modeldoctor.core.errors import InputError
+from modeldoctor.core.evidence import Weights
 from modeldoctor.core.fix import DOC_HEADINGS, KINDS, SEED_STORIES, apply_fixes
 from modeldoctor.core.registry import CHECKS, FIXES, SUBJECTS, build_subject, load_plugins
 from modeldoctor.engine.casebook import load_cases
@@ -76,7 +79,11 @@ def assert_same_state(expected: dict, actual: dict, what: str) -> None:
         torch.testing.assert_close(actual[key], value, rtol=0, atol=0, equal_nan=True, msg=f"{what}: {key} changed")
 
 
-@pytest.mark.parametrize("slug", sorted(FIXES))
+SUBJECT_FIXES = sorted(slug for slug, fix in FIXES.items() if fix.needs == "subject")
+WEIGHTS_FIXES = sorted(slug for slug, fix in FIXES.items() if fix.needs == "weights")
+
+
+@pytest.mark.parametrize("slug", SUBJECT_FIXES)
 def test_fix_applies_is_idempotent_and_replays_from_a_checkpoint(slug, tmp_path, monkeypatch):
     subject = applicable_subject(slug, monkeypatch)
     assert subject is not None, f"fix {slug!r} applies to no sample patient and no case of a check that prescribes it"
@@ -96,14 +103,50 @@ def test_fix_applies_is_idempotent_and_replays_from_a_checkpoint(slug, tmp_path,
     assert_same_state(state(patched), state(loaded), f"{slug} on {subject.name} through a checkpoint")
 
 
+def weights_cases(slug: str):
+    """The Weights of the case-book cases of every check that prescribes the weights fix `slug`."""
+    for check in sorted(c for c, cls in CHECKS.items() if slug in cls.fixes and (CASEBOOK / c).is_dir()):
+        builders, _ = load_cases(CASEBOOK / check)
+        for case, build in sorted(builders.items()):
+            weights = build()
+            if isinstance(weights, Weights):
+                yield f"{check}:{case}", weights
+
+
+@pytest.mark.parametrize("slug", WEIGHTS_FIXES)
+def test_weights_fix_replaces_tensors_in_kind_leaves_its_input_and_has_nothing_left_to_do(slug):
+    """A weights fix returns new tensors of the same names, shapes and dtypes; the input is untouched; once applied,
+    it no longer applies (it is idempotent); it refuses to act on a subject."""
+    fix = FIXES[slug]()
+    applied = 0
+    for case, weights in weights_cases(slug):
+        if fix.applicable_weights(weights) is not None:
+            continue
+        before = {name: weights.tensor(name).clone() for name in weights.names()}
+        replaced = fix.apply_weights(weights)
+        assert replaced and set(replaced) <= set(weights.names()), case
+        for name, tensor in replaced.items():
+            assert tensor.shape == before[name].shape and tensor.dtype == before[name].dtype, (case, name)
+        assert_same_state(before, {name: weights.tensor(name) for name in weights.names()}, f"{slug} on {case}: the input")
+        patched = Weights.from_state_dict({**before, **replaced})
+        assert fix.applicable_weights(patched) is not None, f"{slug} on {case}: still applies after it was applied"
+        applied += 1
+    assert applied, f"weights fix {slug!r} applies to no case of a check that prescribes it"
+    with pytest.raises(InputError, match="modeldoctor fix"):
+        apply_fixes(build_subject("sparse-field", SMALL["sparse-field"]), [slug])
+
+
 @pytest.mark.parametrize("slug", sorted(FIXES))
 def test_fix_declares_kind_seed_and_retraining(slug):
+    """Kind, retraining and seed story are attributes; a weights fix may come from outside the seed stories."""
     fix = FIXES[slug]
     declared = vars(fix)
     assert fix.slug == slug
     assert declared.get("kind") in KINDS, f"{slug}: kind must be one of {KINDS}"
+    assert (declared.get("kind") == "weights") == (fix.needs == "weights"), f"{slug}: kind 'weights' iff needs 'weights'"
     assert isinstance(declared.get("needs_retraining"), bool), f"{slug}: set needs_retraining"
-    assert fix.seeds() and all(seed in SEED_STORIES for seed in fix.seeds()), f"{slug}: seed {fix.seed!r}"
+    assert all(seed in SEED_STORIES for seed in fix.seeds()), f"{slug}: seed {fix.seed!r}"
+    assert fix.seeds() or fix.needs == "weights", f"{slug}: a subject fix names the seed stories that prescribe it"
 
 
 @pytest.mark.parametrize("slug", sorted(FIXES))

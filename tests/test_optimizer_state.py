@@ -8,10 +8,8 @@ from torch import nn
 
 from modeldoctor import Weights, run_check
 from modeldoctor.checks.optimizer_state import NO_OPTIMIZER, OptimizerState, static_schedule
-from modeldoctor.core.results import derive
-from modeldoctor.probes.optimizer_map import (
-    candidate_tensors, embed, feasible, greedy_merge, map_params, optimizer_kind, optimizer_map, resolve_names,
-)
+from modeldoctor.core.results import Measurement, derive
+from modeldoctor.probes import optimizer_map as om
 
 CASES = Path(__file__).resolve().parents[1] / "checks" / "optimizer-state" / "cases.py"
 spec = importlib.util.spec_from_file_location("optimizer_state_cases", CASES)
@@ -37,30 +35,34 @@ def result(weights, **options):
 def test_embed_gives_leftmost_and_rightmost_positions():
     a, b = (4, 4), (4,)
     shapes = [a, b, a, b, a, b]
-    assert embed([a, b], shapes) == ([0, 1], [4, 5])
-    assert embed([None, b], shapes) == ([0, 1], [4, 5])
-    assert embed([(2, 2)], shapes) is None
-    assert embed([a, b, a, b, a, b, a], shapes) is None
-    left, right = embed([a, b], shapes)
-    assert feasible([a, b], shapes, left, right) == [[0, 2, 4], [1, 3, 5]]
-    assert embed([(1, 4)], [a, b, (1, 4)]) == ([2], [2])  # a unique shape is certain
+    assert om.embed([a, b], shapes) == ([0, 1], [4, 5])
+    assert om.embed([None, b], shapes) == ([0, 1], [4, 5])
+    assert om.embed([(2, 2)], shapes) is None
+    assert om.embed([a, b, a, b, a, b, a], shapes) is None
+    left, right = om.embed([a, b], shapes)
+    assert om.feasible([a, b], shapes, left, right) == [[0, 2, 4], [1, 3, 5]]
+    assert om.embed([(1, 4)], [a, b, (1, 4)]) == ([2], [2])  # a unique shape is certain
 
 
-def test_greedy_merge_interleaves_weight_decay_groups():
+def test_merge_interleaves_weight_decay_groups():
     w, v = (4, 4), (4,)
     shapes = [w, v, v, w, v]  # linear, norm(weight, bias) ... as named_parameters lists them
-    assert greedy_merge([[w, w], [v, v, v]], shapes) == [[0, 3], [1, 2, 4]]
-    assert greedy_merge([[w, w], [v, v, v]], shapes, backward=True) == [[0, 3], [1, 2, 4]]
-    assert greedy_merge([[w, w, w], [v]], shapes) is None
+    assert om.merge([[w, w], [v, v, v]], shapes) == [[0, 3], [1, 2, 4]]
+    assert om.merge([[w, w], [v, v, v]], shapes, backward=True) == [[0, 3], [1, 2, 4]]
+    assert om.merge([[w, w, w], [v]], shapes) is None
+    assert om.merge([[w], [v]], shapes) == [[0], [1]] and om.merge([[w], [v]], shapes, backward=True) == [[3], [4]]
+    # a greedy merge from the end would give the last (4,) to group 0 and fail; the search backtracks
+    assert om.merge([[v, w, v], [v, v]], [v, w, v, v, v, (9,)], backward=True) is not None
+    assert om.merge([[v] * 3, [v] * 3], [v] * 6, budget=3) is None
 
 
 def test_resolve_names_exact_prefixed_and_ambiguous():
     table = {"model.0.weight": (4, 3), "model.0.bias": (4,), "model.2.weight": (1, 4), "model.2.bias": (1,)}
-    assert resolve_names(["model.0.weight"], [(4, 3)], table) == ["model.0.weight"]
-    assert resolve_names(["0.weight", "0.bias"], [None, None], table) == ["model.0.weight", "model.0.bias"]
-    assert resolve_names(["weight", "bias"], [(1, 4), (1,)], table) == ["model.2.weight", "model.2.bias"]
-    assert resolve_names(["weight", "bias"], [None, None], table) is None  # 0. or 2.: ambiguous
-    assert resolve_names(["nope"], [None], table) is None
+    assert om.resolve_names(["model.0.weight"], [(4, 3)], table) == ["model.0.weight"]
+    assert om.resolve_names(["0.weight", "0.bias"], [None, None], table) == ["model.0.weight", "model.0.bias"]
+    assert om.resolve_names(["weight", "bias"], [(1, 4), (1,)], table) == ["model.2.weight", "model.2.bias"]
+    assert om.resolve_names(["weight", "bias"], [None, None], table) is None  # 0. or 2.: ambiguous
+    assert om.resolve_names(["nope"], [None], table) is None
 
 
 # --- the mapping: sure, inferred, ambiguous ----------------------------------------------------
@@ -70,7 +72,7 @@ def test_param_names_give_a_sure_mapping_on_this_torch():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     weights = stepped(model, torch.optim.Adam(model.named_parameters()))
     assert weights.optimizer["param_groups"][0]["param_names"] == [n for n, _ in model.named_parameters()]
-    pmap = optimizer_map(weights)
+    pmap = om.optimizer_map(weights)
     assert pmap.how == "param_names" and pmap.sure and pmap.uncovered == []
     assert [pmap.name(i) for i in range(6)] == [n for n, _ in model.named_parameters()]
 
@@ -79,17 +81,22 @@ def test_param_names_of_a_submodule_resolve_under_its_prefix():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     weights = stepped(model, torch.optim.Adam(model[2].named_parameters()))  # names "weight", "bias"
-    pmap = optimizer_map(weights)
+    pmap = om.optimizer_map(weights)
     assert pmap.how == "param_names" and [pmap.name(0), pmap.name(1)] == ["2.weight", "2.bias"]
     assert pmap.uncovered == ["0.weight", "0.bias"]
+
+
+def test_masks_registered_as_buffers_are_not_candidates():
+    assert om.is_buffer("h.0.attn.bias", (1, 1, 8, 8)) and om.is_buffer("h.0.attn.causal_mask", (8, 8))
+    assert not om.is_buffer("h.0.attn.c_attn.bias", (96,)) and not om.is_buffer("attn.bias_k", (1, 1, 32))
 
 
 def test_buffers_are_not_candidates_and_the_mapping_is_the_identity():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     weights = stepped(model, torch.optim.Adam(model.parameters()))
-    assert [n for n, _ in candidate_tensors(weights)] == [n for n, _ in model.named_parameters()]
-    pmap = optimizer_map(weights)
+    assert [n for n, _ in om.candidate_tensors(weights)] == [n for n, _ in model.named_parameters()]
+    pmap = om.optimizer_map(weights)
     assert pmap.how == "identity" and pmap.sure and pmap.missing == 0
 
 
@@ -97,36 +104,49 @@ def test_optimizer_over_the_last_of_three_identical_layers_is_ambiguous():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
     weights = stepped(model, torch.optim.Adam(model[2].parameters()))
-    pmap = optimizer_map(weights)
+    pmap = om.optimizer_map(weights)
     assert pmap.how == "order" and not pmap.sure and pmap.missing == 4
     assert pmap.options[0] == ["0.weight", "1.weight", "2.weight"] and pmap.uncovered == []
     assert len(pmap.maybe_uncovered) == 6
     r = result(weights)
-    assert r.status == "fail" and "ambiguous" in r.summary and r.metrics["ambiguous_params"] == 2
+    assert r.status == "fail" and "cannot be told" in r.summary and r.metrics["ambiguous_params"] == 2
     assert set(r.findings[0].where) == {n for n, _ in model.named_parameters()}
 
 
 def test_groups_out_of_model_order_map_by_permutation():
     a, b, c = (4, 3), (4,), (1, 4)
-    pmap = map_params([[c, (1,)], [a, b]], [("0.weight", a), ("0.bias", b), ("2.weight", c), ("2.bias", (1,))])
+    pmap = om.map_params([[c, (1,)], [a, b]], [("0.weight", a), ("0.bias", b), ("2.weight", c), ("2.bias", (1,))])
     assert pmap.how == "group-permutation" and pmap.sure
     assert [pmap.name(i) for i in range(4)] == ["2.weight", "2.bias", "0.weight", "0.bias"]
 
 
 def test_params_without_state_match_any_shape_and_count_equality_makes_it_certain():
     cands = [("a", (4, 3)), ("b", (4,)), ("c", (1, 4))]
-    pmap = map_params([[None, None, None]], cands)
+    pmap = om.map_params([[None, None, None]], cands)
     assert pmap.how == "identity" and [pmap.name(i) for i in range(3)] == ["a", "b", "c"]
-    pmap = map_params([[None]], cands)
+    pmap = om.map_params([[None]], cands)
     assert pmap.options == [["a", "b", "c"]] and pmap.missing == 2
 
 
 def test_orphans_and_unalignable_optimizers():
     cands = [("emb.weight", (12, 8)), ("out.weight", (1, 8))]
-    pmap = map_params([[(10, 8), (1, 8)]], cands)  # the old table: a shape the checkpoint no longer has
+    pmap = om.map_params([[(10, 8), (1, 8)]], cands)  # the old table: a shape the checkpoint no longer has
     assert pmap.orphans == [0] and pmap.options[1] == ["out.weight"] and pmap.uncovered == ["emb.weight"]
-    pmap = map_params([[None, None, None]], cands)
+    pmap = om.map_params([[None, None, None]], cands)
     assert pmap.how == "none" and "do not align" in pmap.note
+    pmap = om.map_params([[(96,), (8,)]], cands)  # flattened (FSDP-style) state: nothing to align, no verdict
+    assert pmap.how == "none" and pmap.missing is None and "flattened" in pmap.note
+
+
+def test_params_frozen_with_requires_grad_inside_the_optimizer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    optimizer = torch.optim.Adam(model.parameters())
+    model[0].requires_grad_(False)
+    weights = stepped(model, optimizer)
+    r = result(weights)
+    assert r.status == "fail" and r.findings[0].where == ("0.weight", "0.bias") and "frozen" in r.findings[0].advice[0]
+    assert result(weights, frozen="0.").status == "pass"
 
 
 def test_tied_weights_are_not_reported_uncovered():
@@ -150,7 +170,7 @@ def test_optimizer_kind_from_group_keys():
     kinds = {torch.optim.Adam: "Adam", torch.optim.AdamW: "AdamW", torch.optim.SGD: "SGD", torch.optim.RMSprop: "RMSprop",
              torch.optim.Adagrad: "Adagrad", torch.optim.RAdam: "Adam-family", torch.optim.NAdam: "NAdam"}
     for cls, kind in kinds.items():
-        assert optimizer_kind(cls(p, lr=0.1).state_dict()) == kind, cls
+        assert om.optimizer_kind(cls(p, lr=0.1).state_dict()) == kind, cls
 
 
 # --- the judge's edges -------------------------------------------------------------------------
@@ -239,10 +259,9 @@ def test_step_lag_is_judged_only_after_min_steps():
 
 def test_judge_passes_on_a_clean_measurement():
     m = {"optimizer": "Adam", "param_groups": 1, "params": 2, "params_with_state": 2, "stateless_by_design": 0,
-         "tensors": 2, "covered": 2, "uncovered_count": 0, "mapping": "identity", "mapping_sure": False,
+         "tensors": 2, "covered": 2, "frozen": 0, "uncovered_count": 0, "mapping": "identity", "mapping_sure": False,
          "orphans": [], "no_state_count": 0, "zero_moment_count": 0, "lagging_count": 0, "max_step": 30,
          "lrs": [1e-3], "zero_lr_groups": [], "scheduler": None, "trained": ["a", "b"]}
-    from modeldoctor.core.results import Measurement
     status, summary = derive(OptimizerState().judge(Measurement(metrics=m)))
     assert status == "pass" and "mapping inferred: identity" in summary
 

@@ -23,6 +23,8 @@ load_plugins()
 WEIGHT_CHECKS = [slug for slug, check in CHECKS.items() if check.needs == "weights"]
 FORMATS = ("state_dict", "checkpoint", "safetensors", "lightning")
 HF_FORMATS = ("hf-folder", "hf-trainer")
+# Opt-in checks are switched on here: a false alarm is a bug whether or not a user asked for the check.
+OPTIONS = {slug: {"enabled": True} for slug in WEIGHT_CHECKS if "enabled" in CHECKS[slug].default_options}
 
 
 def training_state(built) -> dict:
@@ -75,13 +77,14 @@ def saved(tmp_path_factory):
 
 
 def test_the_weight_checks_are_registered():
-    assert len(WEIGHT_CHECKS) >= 6, WEIGHT_CHECKS
+    expected = {"non-finite", "dead-units", "untrained-layers", "optimizer-state", "weight-collapse", "spectral-shape"}
+    assert expected <= set(WEIGHT_CHECKS), sorted(expected - set(WEIGHT_CHECKS))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_no_false_alarm_on_healthy_checkpoint(saved, name, fmt):
-    report = modeldoctor.diagnose(saved(name, fmt), checks=WEIGHT_CHECKS)
+    report = modeldoctor.diagnose(saved(name, fmt), checks=WEIGHT_CHECKS, options=OPTIONS)
     found = problems(report)
     assert not found, f"{name} ({fmt}):\n" + "\n".join(found)
 
@@ -90,7 +93,7 @@ def test_no_false_alarm_on_healthy_checkpoint(saved, name, fmt):
 @pytest.mark.parametrize("name", list(HF_BUILDERS))
 def test_no_false_alarm_on_hugging_face_folder(saved, name, fmt):
     pytest.importorskip("transformers")
-    report = modeldoctor.diagnose(saved(name, fmt), checks=WEIGHT_CHECKS)
+    report = modeldoctor.diagnose(saved(name, fmt), checks=WEIGHT_CHECKS, options=OPTIONS)
     found = problems(report)
     assert not found, f"{name} ({fmt}):\n" + "\n".join(found)
 
@@ -99,7 +102,9 @@ def test_no_false_alarm_on_hugging_face_folder(saved, name, fmt):
 
 def failing(report: dict, check: str) -> list[str]:
     """The `where` of the non-pass findings of `check`, asserting that it failed."""
-    (result,) = [r for r in report["results"] if r["check"] == check]
+    results = [r for r in report["results"] if r["check"] == check]
+    assert results, f"{check} did not run (registered weight checks: {WEIGHT_CHECKS})"
+    (result,) = results
     assert result["status"] == "fail", f"{check}: {result['status']}: {result['summary']}"
     return [w for f in result["findings"] if f["status"] != "pass" for w in f["where"]]
 
@@ -119,7 +124,7 @@ def test_first_layer_left_at_init_is_untrained(tmp_path):
     fresh = nn.Linear(24, 64)  # what `stem` was before training
     state["stem.weight"], state["stem.bias"] = fresh.weight.detach(), fresh.bias.detach()
     torch.save(state, tmp_path / "model.pt")
-    where = failing(modeldoctor.diagnose(str(tmp_path / "model.pt"), checks=WEIGHT_CHECKS), "untrained-layers")
+    where = failing(modeldoctor.diagnose(str(tmp_path / "model.pt"), checks=WEIGHT_CHECKS, options=OPTIONS), "untrained-layers")
     assert names_module(where, "stem"), where
 
 
@@ -129,7 +134,7 @@ def test_zeroed_rows_are_dead_units(tmp_path):
     state["2.weight"][:16] = 0.0  # 16 of the 64 hidden units of the second layer can never fire
     state["2.bias"][:16] = 0.0
     torch.save(state, tmp_path / "model.pt")
-    where = failing(modeldoctor.diagnose(str(tmp_path / "model.pt"), checks=WEIGHT_CHECKS), "dead-units")
+    where = failing(modeldoctor.diagnose(str(tmp_path / "model.pt"), checks=WEIGHT_CHECKS, options=OPTIONS), "dead-units")
     assert names_module(where, "2"), where
 
 
@@ -141,7 +146,7 @@ def test_nan_in_a_tensor_is_non_finite(tmp_path):
     from safetensors.torch import save_file
 
     save_file(state, str(save_path))
-    where = failing(modeldoctor.diagnose(str(save_path), checks=WEIGHT_CHECKS), "non-finite")
+    where = failing(modeldoctor.diagnose(str(save_path), checks=WEIGHT_CHECKS, options=OPTIONS), "non-finite")
     assert "3.weight" in where, where
 
 
@@ -155,5 +160,5 @@ def test_optimizer_over_only_the_head_is_caught(tmp_path):
         model(tokens).logsumexp(-1).mean().backward()
         head.step()
     torch.save({"model": model.state_dict(), "optimizer": head.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
-    where = failing(modeldoctor.diagnose(str(tmp_path / "ckpt.pt"), checks=WEIGHT_CHECKS), "optimizer-state")
+    where = failing(modeldoctor.diagnose(str(tmp_path / "ckpt.pt"), checks=WEIGHT_CHECKS, options=OPTIONS), "optimizer-state")
     assert names_module(where, "encoder.layers.0") and not names_module(where, "cls"), where

@@ -5,7 +5,8 @@ from ..core.check import Check, CheckContext
 from ..core.evidence import Weights
 from ..core.registry import register_check
 from ..core.results import Figure, Finding, Measurement
-from ..probes.unit_health import PAIR_THRESHOLD, REL_THRESHOLD, LayerUnits, survey
+from ..probes.unit_health import PAIR_THRESHOLD, REL_THRESHOLD, UNIT_KINDS, LayerUnits, survey
+from ..probes.weight_layout import layers
 
 WORST = 20  # layers detailed in the metrics, dead units listed per layer
 
@@ -23,10 +24,11 @@ class DeadUnits(Check):
     `pair_threshold` × its layer's median: a unit that stopped firing and that weight decay has
     been shrinking on both sides). The next layer is inferred, not known: the next Linear/conv in
     checkpoint order in the same parent module whose input width is this layer's output width,
-    with only BatchNorms between (a LayerNorm between, or a name like a query/key/value projection
-    or a shortcut, ends the search). Per layer it judges the share of dead units. Norm layers
-    whose scales are centred on 0 (an offset parameterization, output × (1 + γ)) and tensors with
-    NaN/Inf (see non-finite) are not judged.
+    with only BatchNorms between (a LayerNorm between, or a name like a query/key/value projection,
+    a router or a shortcut, ends the search). Per layer it judges the share of dead units. Norm
+    layers whose scales are centred on 0 (an offset parameterization, output × (1 + γ)), weights
+    stored transposed (Hugging Face's Conv1D) and tensors with NaN/Inf (see non-finite) are not
+    judged.
 
     Why it matters
     A dead unit costs compute and contributes nothing: its output does not depend on the input,
@@ -65,6 +67,11 @@ class DeadUnits(Check):
     fixes = ("reinit-dead-units",)
     default_options = {"rel_threshold": REL_THRESHOLD, "pair_threshold": PAIR_THRESHOLD, "fail_share": 0.1}
 
+    def requires(self, weights: Weights) -> str | None:
+        if not any(layer.kind in UNIT_KINDS for layer in layers(weights)):
+            return "no Linear, convolution or normalization layer recognised by tensor names and shapes"
+        return None
+
     def measure(self, weights: Weights, ctx: CheckContext) -> Measurement:
         o = self.options
         found = survey(weights, o["rel_threshold"], o["pair_threshold"])
@@ -82,7 +89,12 @@ class DeadUnits(Check):
         metrics["dead_share"] = metrics["dead_units"] / total if total else 0.0
         notes = [f"{metrics['paired_layers']} layer(s) paired with the layer inferred to consume their outputs "
                  "(by checkpoint order, parent module and width: inferred from names and shapes, not known)"]
-        notes += [f"`{units.tensor}` not judged: {units.skipped}" for units in found if units.skipped][:WORST]
+        reasons: dict[str, list[str]] = {}
+        for units in found:
+            if units.skipped:
+                reasons.setdefault(units.skipped, []).append(f"`{units.tensor}`")
+        notes += [f"{len(names)} layer(s) not judged, {reason}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}"
+                  for reason, names in reasons.items()]
         return Measurement(metrics=metrics, figures=lambda: self.figures(metrics["worst"]), notes=notes)
 
     @staticmethod
@@ -134,7 +146,8 @@ class DeadUnits(Check):
                          "leaves them; for an output layer a dead row is a class or token that gets a constant logit")
         if entirely:
             lines.append("an all-zero layer is either collapsed or zero-initialized by design (LoRA B, adaLN-Zero, a "
-                         "zero-init residual branch) and never updated: check that it is in the optimizer")
+                         "zero-init residual branch, a norm stored as an offset, output × (1 + γ)) and never updated: "
+                         "check that it is in the optimizer")
         lines.append("to keep units alive in training: lower the learning rate, use LeakyReLU/GELU instead of ReLU, "
                      "reduce weight decay; a structurally pruned model zeroes rows on purpose (raise fail_share)")
         return lines

@@ -9,7 +9,7 @@ from ..core.check import Check, CheckContext
 from ..core.evidence import Weights
 from ..core.registry import register_check
 from ..core.results import Figure, Finding, Measurement
-from ..probes.weight_layout import is_float, split_name
+from ..probes.weight_layout import split_name
 from ..probes.weight_stats import tensor_stats
 
 WORST = 20  # tensors listed in the metrics
@@ -59,12 +59,17 @@ class NonFinite(Check):
     fixes = ()
     default_options = {"mask_pattern": "mask"}
 
+    def requires(self, weights: Weights) -> str | None:
+        if not any(floating(weights.info(name).dtype) for name in weights.names()):
+            return "the checkpoint holds no floating-point or complex tensors"
+        return None
+
     def measure(self, weights: Weights, ctx: CheckContext) -> Measurement:
         mask = re.compile(self.options["mask_pattern"], re.IGNORECASE) if self.options["mask_pattern"] else None
         affected, masks, checked, values = [], [], 0, 0
         for name in weights.names():
             info = weights.info(name)
-            if not (is_float(info) or info.dtype.startswith("complex")):
+            if not floating(info.dtype):
                 continue  # integer and bool tensors cannot hold NaN/Inf
             ctx.ensure_time("counting non-finite values")
             stats = tensor_stats(weights, name)
@@ -72,7 +77,7 @@ class NonFinite(Check):
             checked, values = checked + 1, values + size
             if not stats.nonfinite:
                 continue
-            if mask and stats.nan == 0 and mask.search(name) and is_float(info) and only_negative_inf(weights.tensor(name)):
+            if mask and stats.nan == 0 and mask.search(name) and not info.dtype.startswith("complex") and only_negative_inf(weights.tensor(name)):
                 masks.append(name)
                 continue
             affected.append({"name": name, "nan": stats.nan, "inf": stats.inf, "share": stats.nonfinite / size})
@@ -118,6 +123,11 @@ class NonFinite(Check):
                              "wrote NaN/Inf into every parameter it updated after that step")
         return [Finding("fail", "non-finite", message, ("nonfinite_tensors", "nonfinite_share", "worst"),
                         advice=advice, where=m["affected"])]
+
+
+def floating(dtype: str) -> bool:
+    """Floating and complex tensors can hold NaN/Inf; integer and bool ones cannot."""
+    return dtype.startswith(("float", "bfloat", "complex"))
 
 
 def only_negative_inf(tensor: torch.Tensor) -> bool:

@@ -11,7 +11,7 @@ from ..core.check import Check, CheckContext
 from ..core.evidence import Weights
 from ..core.registry import register_check
 from ..core.results import Finding, Measurement
-from ..probes.optimizer_map import optimizer_kind, optimizer_map, param_order, states, tied_twin
+from ..probes.optimizer_map import optimizer_kind, optimizer_map, param_order, states
 
 NO_OPTIMIZER = "the checkpoint holds no optimizer state; save optimizer.state_dict() beside the model to enable it"
 # Leaves that are parameters in the usual modules: an uncovered one fails, any other leaf (maybe a buffer) warns.
@@ -22,7 +22,8 @@ ADVICE = {
     "uncovered": "build the optimizer after the model is final and over model.parameters() (or add the missing "
                  "group); if these tensors are frozen on purpose, name their prefixes in option `frozen`",
     "no-state": "the parameter never got a gradient: check it is used in forward and not detached (and rebuild the "
-                "optimizer if its module was replaced after the optimizer was built)",
+                "optimizer if its module was replaced after the optimizer was built); if it is frozen on purpose "
+                "(requires_grad=False), name its prefix in option `frozen`",
     "zero-gradient": "the parameter's gradient was always exactly 0: it reaches the loss only through a zero factor "
                      "(0 * p, an all-zero mask, a dead path), or its .grad is zeroed between backward and step",
     "step-lag": "these parameters were updated on few of the steps: a conditional branch or an expert that is "
@@ -86,7 +87,7 @@ class OptimizerState(Check):
     Options
     lag_fraction (0.5): warn when a param's step count is below this fraction of the largest.
     min_steps (10): judge step lag and the scheduler only after this many steps.
-    frozen (()): name prefixes of tensors frozen on purpose (never reported as uncovered).
+    frozen (()): name prefixes of tensors frozen on purpose (not reported as uncovered or without gradient).
     """
 
     slug = "optimizer-state"
@@ -106,13 +107,15 @@ class OptimizerState(Check):
         by_design = [kind == "LBFGS" or (kind == "SGD" and not groups[g].get("momentum")) for g, _ in order]
         if kind == "unknown" and not state:
             by_design = [True] * len(order)
+        frozen = (o["frozen"],) if isinstance(o["frozen"], str) else tuple(o["frozen"])
+        is_frozen = lambda names: bool(names) and all(n.startswith(frozen) for n in names)  # noqa: E731
         no_state, zero, steps = [], [], {}
         for i, (_, k) in enumerate(order):
             entry = state.get(k) or {}
             if by_design[i]:
                 continue
             if not entry or ("step" in entry and as_float(entry["step"]) == 0):
-                no_state.append(i)
+                no_state += [] if is_frozen(pmap.options[i]) else [i]
                 continue
             if "step" in entry:
                 steps[i] = as_float(entry["step"])
@@ -123,14 +126,9 @@ class OptimizerState(Check):
         lagging = sorted((i for i, s in steps.items() if top >= o["min_steps"] and s < o["lag_fraction"] * top
                           and i not in pmap.orphans),
                          key=steps.get)
-        frozen = tuple(o["frozen"])
-        keep = [n for n in pmap.uncovered if not n.startswith(frozen)]
-        covered = pmap.covered
-        tied = {n: twin for n in keep if (twin := tied_twin(weights, n, [c for c in covered if weights.info(c).shape
-                                                                         == weights.info(n).shape]))}
-        sure = [n for n in keep if n not in tied]
+        sure = [n for n in pmap.uncovered if not n.startswith(frozen)]
         maybe = [n for n in pmap.maybe_uncovered if not n.startswith(frozen)]
-        missing = 0 if pmap.missing is None else max(0, pmap.missing - len(tied) - (len(pmap.uncovered) - len(keep)))
+        missing = 0 if pmap.missing is None else max(0, pmap.missing - (len(pmap.uncovered) - len(sure)))
         base = (sched or {}).get("base_lrs") or []
         lrs, starts = [as_float(g["lr"]) for g in groups], []
         for g, group in enumerate(groups):
@@ -141,11 +139,11 @@ class OptimizerState(Check):
         zero_lr = [{"group": g, "lr": lr, "start": starts[g], "where": names(in_group[g])} for g, lr in enumerate(lrs)
                    if in_group[g] and (lr == 0 or (starts[g] or 0) > 0 and lr <= 1e-9 * starts[g])]
         metrics = {
-            "optimizer": kind, "param_groups": len(groups), "params": len(order), "params_with_state": len(state),
-            "stateless_by_design": sum(by_design), "tensors": len(pmap.candidates), "covered": len(covered),
+            "optimizer": kind, "param_groups": len(groups), "params": len(order), "params_with_state": len(order) - sum(by_design) - len(no_state),
+            "stateless_by_design": sum(by_design), "tensors": len(pmap.candidates), "covered": len(pmap.covered), "frozen": len(pmap.uncovered) - len(sure),
             "uncovered_count": missing, "mapping": pmap.how, "mapping_sure": pmap.how == "param_names",
             "ambiguous_params": sum(len(x) > 1 for x in pmap.options), "orphans": names(pmap.orphans),
-            "uncovered": sure[:LISTED], "maybe_uncovered": maybe[:LISTED], "tied": [f"{a} = {b}" for a, b in tied.items()],
+            "uncovered": sure[:LISTED], "maybe_uncovered": maybe[:LISTED], "tied": [f"{a} = {b}" for a, b in pmap.tied.items()],
             "uncovered_param_like": any(PARAM_LEAF.search(n.rpartition(".")[2]) for n in sure + maybe),
             "no_state_count": len(no_state), "no_state": names(no_state),
             "zero_moment_count": len(zero), "zero_moment": names(i for i, _ in zero), "zero_moment_keys": sorted({k for _, k in zero}),
@@ -155,7 +153,8 @@ class OptimizerState(Check):
             "lrs": lrs, "start_lrs": starts, "trained": names(range(len(order))), "zero_lr_groups": zero_lr, "scheduler": None,
         }
         if sched is not None:
-            metrics["scheduler"] = {"last_epoch": sched.get("last_epoch"), "base_lrs": base, "last_lr": sched.get("_last_lr"),
+            metrics["scheduler"] = {"last_epoch": sched.get("last_epoch"), "base_lrs": [as_float(x) for x in base],
+                                    "last_lr": [as_float(x) for x in sched.get("_last_lr") or []],
                                     "static": static_schedule(sched), "step_size": sched.get("step_size")}
         notes = [pmap.note] if pmap.note else []
         if pmap.how not in ("param_names", "none"):
@@ -179,8 +178,8 @@ class OptimizerState(Check):
                 text = f"{m['uncovered_count']} of {m['tensors']} trainable tensors are in no param group: {listed}"
             else:
                 text = (f"{m['uncovered_count']} of {m['tensors']} trainable tensors are in no param group"
-                        + (f" ({listed} surely)" if listed else "") + "; which others is ambiguous (the mapping is inferred), "
-                        f"candidates: {', '.join(m['maybe_uncovered'][:8])}")
+                        + (f" ({listed} surely)" if listed else "") + f"; which {'others' if listed else 'ones'} cannot be "
+                        f"told (inferred mapping, same-shaped tensors), candidates: {', '.join(m['maybe_uncovered'][:8])}")
             add(status, "uncovered", text + ("" if status == "fail" else " (maybe buffers: a state dict does not say)"),
                 ("uncovered_count", "uncovered", "maybe_uncovered", "mapping"), m["uncovered"] + m["maybe_uncovered"])
         if m["no_state_count"]:
@@ -222,11 +221,12 @@ class OptimizerState(Check):
             return [replace(found[0], advice=found[0].advice + tuple(notes)), *found[1:]]
         steps = f", {m['max_step']:g} steps" if m["max_step"] else ""
         got = ("none keeps per-param state" if m["stateless_by_design"] == m["params"] else
-               f"{m['params_with_state']} with state" + (f", {m['stateless_by_design']} stateless by design"
-                                                         if m["stateless_by_design"] else ", all with gradients"))
+               f"{m['params_with_state']} with gradients" + (f", {m['stateless_by_design']} stateless by design"
+                                                             if m["stateless_by_design"] else ""))
         how = "by param_names" if m["mapping_sure"] else f"inferred: {m['mapping']}"
-        covers = (f"covering {m['covered']} of {m['tensors']} tensors (mapping {how})" if m["mapping"] != "none" else
-                  f"not mapped to the {m['tensors']} tensors")
+        frozen = f" (and {m['frozen']} frozen)" if m["frozen"] else ""
+        covers = (f"covering all {m['tensors'] - m['frozen']} trainable tensors{frozen} (mapping {how})"
+                  if m["mapping"] != "none" else f"not mapped to the {m['tensors']} tensors")
         return [Finding("pass", "healthy", f"{m['optimizer']}: {m['params']} params in {m['param_groups']} group(s), "
                         f"{got}, {covers}{steps}, lr {', '.join(f'{lr:g}' for lr in m['lrs'])}",
                         ("params", "params_with_state", "covered", "tensors", "mapping", "lrs"), advice=notes)]

@@ -93,13 +93,23 @@ def parse_fix_list(text: str | Iterable[str]) -> list[str]:
     return names
 
 
-def apply_fixes(subject: Subject, names: Iterable[str], *, copy: bool = True) -> Subject:
-    """A copy of `subject` with the named fixes applied in order (recorded in `fixes_applied`)."""
+def apply_fixes(subject: Subject, names: Iterable[str], *, copy: bool = True, replay: bool = False) -> Subject:
+    """A copy of `subject` with the named fixes applied in order (recorded in `fixes_applied`).
+
+    Weights fixes act on a checkpoint's tensors, not on a subject (`modeldoctor fix` applies them); when
+    `replay` is set (a checkpoint's recorded fixes, before its weights load) they are only recorded,
+    since the saved tensors already carry them.
+    """
     patched = subject.copy() if copy else subject
     for name in names:
         if name in patched.fixes_applied:
             continue  # fixes are idempotent: applying one twice changes nothing
         fix = get_fix(name)()
+        if fix.needs == "weights":
+            if not replay:
+                raise InputError(f"fix {name!r} changes a checkpoint's tensors: apply it with `modeldoctor fix CKPT --apply {name}`")
+            patched.fixes_applied.append(name)
+            continue
         reason = fix.applicable(patched)
         if reason:
             raise InputError(f"fix {name!r} does not apply to subject {patched.name!r}: {reason}")

@@ -3,7 +3,8 @@
 Each folder has:
 - `cases.py`: functions `case_<name>()`, each returning small, fast, self-contained evidence of the kind the
   check needs (a Subject, Weights, a Trace, or an Evidence bundle);
-- `expected.json`: {"cases": {"<name>": "<status>"}}, the status the check must give each case;
+- `expected.json`: {"cases": {"<name>": "<status>"}}, the status the check must give each case, and
+  optionally {"options": {...}}, the options the check runs its cases with (an opt-in check's `enabled`);
 - `README.md`: the check's documentation, generated from its docstring (never edited by hand).
 
 `python -m modeldoctor.engine.casebook [FOLDER]` regenerates the READMEs; the tests run every case.
@@ -40,6 +41,11 @@ def load_cases(folder: Path) -> tuple[dict[str, Callable[[], Subject | Weights |
     builders = {name[len("case_"):]: getattr(module, name) for name in dir(module) if name.startswith("case_")}
     expected = json.loads((folder / "expected.json").read_text())["cases"]
     return builders, expected
+
+
+def case_options(folder: Path) -> dict:
+    """The options a case-book folder's cases run the check with (`expected.json`'s "options"; {} when absent)."""
+    return json.loads((folder / "expected.json").read_text()).get("options", {})
 
 
 def write_readmes(root: Path) -> list[Path]:

@@ -153,7 +153,7 @@ def load_checkpoint(
         return LoadedCheckpoint(subject=None, path=str(path), sha256=digest, format=fmt, weights=weights, notes=read.notes)
     merged_config = {**(meta.get("config") or {}), **(config or {})}
     built = build_subject(name, merged_config)
-    built = apply_fixes(built, meta.get("fixes") or [], copy=False)
+    built = apply_fixes(built, meta.get("fixes") or [], copy=False, replay=True)
     state = _fit_names(dict(weights.tensors()), built.model)
     bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
     if bad:

@@ -32,9 +32,11 @@ class ReinitDeadUnits(Fix):
     gets the layer's median |γ| (1 when the whole layer is ~0): this part does change the function
     (the channel passes its normalized input again), since a norm layer's consumers cannot be
     found reliably (a pre-norm feeds several projections and a residual stream). Dead units of a
-    layer without an inferred consumer are left as they are. The draws are seeded by tensor name,
-    so the result is deterministic; shapes, dtypes and names are kept, and a second application
-    finds nothing to do.
+    layer without an inferred consumer are left as they are. When a whole layer was dead, every
+    column of its consumer is zeroed, so the consumer's rows are 0 until training gives them
+    weights again (their gradients are not 0: the revived units feed them), and dead-units reports
+    the consumer in the meantime. The draws are seeded by tensor name, so the result is
+    deterministic; shapes, dtypes and names are kept, and a second application finds nothing to do.
 
     Why
     A unit whose incoming and outgoing weights are 0 gets zero gradients on both sides and stays

@@ -18,16 +18,26 @@ import numpy as np
 import torch
 from scipy import special, stats
 
-from .weight_layout import fans
+from ..core.evidence import Weights
+from .weight_layout import fans, is_float, layers
 from .weight_stats import CHUNK_ELEMENTS, TensorStats
 
 Cdf = Callable[[np.ndarray], np.ndarray]
+
+
+# Variance and kurtosis of N(0, 1) cut at ±2 (scipy.stats.truncnorm(-2, 2).stats("vk"), kurtosis not excess).
+TRUNC2_VAR, TRUNC2_KURTOSIS = 0.7737413, 3 - 0.6344633
+# Float leaves that are buffers, not parameters: a base comparison skips them (BatchNorm statistics
+# are judged on their own; rotary frequencies and masks never train).
+BUFFER_LEAVES = ("running_mean", "running_var", "num_batches_tracked", "inv_freq", "masked_bias")
 
 
 @dataclass(frozen=True)
 class InitCandidate:
     label: str  # "U(±0.125) PyTorch default": the distribution, then where it comes from
     cdf: Cdf
+    std: float  # of the distribution
+    kurtosis: float  # E[x⁴]/σ⁴: 1.8 uniform, 3 normal
 
 
 @dataclass(frozen=True)
@@ -36,21 +46,32 @@ class InitMatch:
     d: float  # KS statistic: the largest gap between the sample's CDF and the candidate's
     p: float  # KS p-value of the sample against that candidate
     n: int  # sample size
+    candidate: InitCandidate
+
+    def std_z(self, std: float, numel: int) -> float:
+        """How many standard errors a tensor's std (over all `numel` values) is from the candidate's.
+
+        Under the candidate, the sample std has standard error σ·√((κ − 1) / 4N) (κ its kurtosis).
+        """
+        error = self.candidate.std * math.sqrt((self.candidate.kurtosis - 1) / (4 * max(numel, 1)))
+        return abs(std - self.candidate.std) / error
 
 
 def uniform(bound: float, source: str) -> InitCandidate:
-    return InitCandidate(f"U(±{bound:.3g}) {source}", lambda x: np.clip((x + bound) / (2 * bound), 0.0, 1.0))
+    return InitCandidate(f"U(±{bound:.3g}) {source}", lambda x: np.clip((x + bound) / (2 * bound), 0.0, 1.0),
+                         bound / math.sqrt(3), 1.8)
 
 
 def normal(std: float, source: str) -> InitCandidate:
-    return InitCandidate(f"N(0, {std:.3g}) {source}", lambda x: special.ndtr(x / std))
+    return InitCandidate(f"N(0, {std:.3g}) {source}", lambda x: special.ndtr(x / std), std, 3.0)
 
 
-def truncated_normal(std: float, source: str, cut: float = 2.0) -> InitCandidate:
-    """N(0, std) cut at ±cut·std (torch.nn.init.trunc_normal_(std=s, a=-2s, b=2s))."""
-    low, mass = special.ndtr(-cut), special.ndtr(cut) - special.ndtr(-cut)
-    return InitCandidate(f"truncated N(0, {std:.3g}) at ±{cut:g}σ {source}",
-                         lambda x: np.clip((special.ndtr(x / std) - low) / mass, 0.0, 1.0))
+def truncated_normal(std: float, source: str) -> InitCandidate:
+    """N(0, std) cut at ±2·std (torch.nn.init.trunc_normal_(std=s, a=-2s, b=2s))."""
+    low, mass = special.ndtr(-2.0), special.ndtr(2.0) - special.ndtr(-2.0)
+    return InitCandidate(f"truncated N(0, {std:.3g}) at ±2σ {source}",
+                         lambda x: np.clip((special.ndtr(x / std) - low) / mass, 0.0, 1.0),
+                         std * math.sqrt(TRUNC2_VAR), TRUNC2_KURTOSIS)
 
 
 def candidates(shape: tuple[int, ...], init_range: float | None = None, hidden: int | None = None) -> list[InitCandidate]:
@@ -88,7 +109,35 @@ def match_init(sample: np.ndarray, options: list[InitCandidate]) -> InitMatch:
     ordered = np.sort(sample)
     best = min(options, key=lambda candidate: ks_distance(ordered, candidate.cdf))
     result = stats.kstest(ordered, best.cdf)
-    return InitMatch(best.label, float(result.statistic), float(result.pvalue), len(ordered))
+    return InitMatch(best.label, float(result.statistic), float(result.pvalue), len(ordered), best)
+
+
+def norm_dispersion_p(st: TensorStats) -> float:
+    """p-value that the row (and column) norms vary as much as, and no more than, iid values make them.
+
+    At init every entry is drawn independently, so a row's squared norm is a sum of k iid x² with
+    variance k·Var(x²); training gives units (rows) and inputs (columns) their own scales, so
+    trained weights spread their norms more, or less, than that even when their histogram still
+    looks like an init. A χ² test of the variance of the squared norms (degrees of freedom
+    corrected for the kurtosis of x² and for Var(x²) being estimated from the sample), two-sided,
+    Bonferroni over rows and columns.
+    """
+    y = np.square(st.sample)  # (n,) x² of the sampled values
+    var = float(y.var())
+    if var <= 0 or st.row_norms is None:
+        return 1.0
+    kurtosis = float(np.mean((y - y.mean()) ** 4)) / var**2 - 3  # excess kurtosis of x²
+    found = []
+    for norms, k in ((st.row_norms, st.numel // st.shape[0]), (st.col_norms, st.shape[0])):
+        if norms is None or len(norms) < 8:
+            continue
+        squared = norms.double().numpy() ** 2  # (m,)
+        m = len(squared)
+        # relative variance of the ratio: the rows' own sampling, plus the error of Var(x²) estimated from the sample
+        df = 2 / max(2 / (m - 1) + kurtosis / (k * m) + (kurtosis + 2) / len(y), 1e-12)
+        tail = stats.chi2.cdf(squared.var(ddof=1) / (k * var) * df, df)
+        found.append(2 * min(tail, 1 - tail))
+    return min(1.0, min(found) * len(found)) if found else 1.0
 
 
 def is_constant(stats_: TensorStats, value: float | None = None) -> bool:
@@ -121,3 +170,36 @@ def relative_change(current: torch.Tensor, base: torch.Tensor) -> float:
     if base_sq == 0:
         return 0.0 if diff_sq == 0 else math.inf
     return math.sqrt(diff_sq / base_sq)
+
+
+def compare_to_base(weights: Weights, base: Weights, rtol: float, listed: int = 100) -> tuple[dict, dict[str, float]]:
+    """Each float parameter's relative change from `base` (`--against`), read pair by pair; buffers skipped.
+
+    Returns (summary, changes): changes maps tensor name -> ‖W − W0‖/‖W0‖; the summary counts tensors
+    compared / changed / unchanged (change ≤ rtol), missing from the base or of another shape, and lists
+    (at most `listed` each) the unchanged ones, split into parameters of a known layer kind and others
+    (which may be buffers that never train, such as a sinusoidal position table).
+    """
+    present, kinds = set(base.names()), {name: layer.kind for layer in layers(weights) for name in layer.tensors.values()}
+    changes, missing, mismatched = {}, [], []
+    for name in weights.names():
+        info = weights.info(name)
+        if not is_float(info) or name.rpartition(".")[2] in BUFFER_LEAVES:
+            continue
+        if name not in present:
+            missing.append(name)
+        elif tuple(base.info(name).shape) != tuple(info.shape) or not is_float(base.info(name)):
+            mismatched.append((name, f"{list(info.shape)} vs base {list(base.info(name).shape)} {base.info(name).dtype}"))
+        else:
+            changes[name] = relative_change(weights.tensor(name), base.tensor(name))
+    unchanged = [name for name, change in changes.items() if change <= rtol]
+    known = [name for name in unchanged if kinds.get(name, "other") != "other"]
+    smallest = min(changes, key=changes.get) if changes else None
+    return {"compared": len(changes), "changed": len(changes) - len(unchanged), "unchanged": len(unchanged),
+            "unchanged_tensors": known[:listed], "unchanged_other": [n for n in unchanged if n not in known][:listed],
+            "unchanged_layers": list(dict.fromkeys(n.rpartition(".")[0] for n in known))[:listed],
+            "missing": len(missing), "missing_tensors": missing[:listed], "mismatched": len(mismatched),
+            "mismatched_tensors": [name for name, _ in mismatched[:listed]],
+            "mismatched_shapes": [f"{name} {shapes}" for name, shapes in mismatched[:listed]],
+            "median_change": float(np.median(list(changes.values()))) if changes else None,
+            "smallest_change": {"tensor": smallest, "value": changes[smallest]} if smallest else None}, changes

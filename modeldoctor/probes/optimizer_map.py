@@ -7,15 +7,15 @@ optimizer was built from `named_parameters()` (torch >= 2.6 then stores each gro
 - Sure: every group carries `param_names` that name checkpoint tensors (exactly, or all under one prefix
   such as Lightning's `model.`): `how = "param_names"`.
 - Inferred otherwise. The candidates are the checkpoint's floating tensors that are not known buffers
-  (a state dict does not say which tensors are buffers; `BUFFER_LEAVES` lists the usual ones), in
+  (a state dict does not say which tensors are buffers; `is_buffer` knows the usual ones), in
   checkpoint order, which is `named_parameters()` order with the buffers in between. The optimizer's
   params form a sequence of shapes (known from their state tensors, unknown for a param without state)
   that must embed into the candidates as an order-preserving subsequence. The leftmost and rightmost
   embeddings bound where each param can be; where they agree its name is certain, elsewhere it is
   ambiguous and its possible names are listed. When the group concatenation does not embed, the group
   orders are tried (`group-permutation`, up to `MAX_PERMUTED_GROUPS` groups), then the groups are
-  merged greedily in checkpoint order (`interleaved`: the usual weight-decay / no-decay split), where a
-  param is certain when the forward and the backward greedy merges agree.
+  interleaved in checkpoint order (`interleaved`: the usual weight-decay / no-decay split), searched
+  from the first and from the last candidate; a param is certain when the two merges agree.
 Optimizer params whose known shape matches no candidate (`orphans`: built for another model, or before
 a resize) are left out of the alignment.
 """
@@ -39,6 +39,7 @@ BUFFER_LEAVES = frozenset({
 SHAPED_STATE = ("exp_avg", "exp_avg_sq", "momentum_buffer", "square_avg", "sum", "exp_inf", "acc_delta", "prev",
                 "ax", "max_exp_avg_sq")
 MAX_PERMUTED_GROUPS = 5  # 120 orders at most
+MERGE_BUDGET = 200_000  # search steps for interleaved groups
 # Optimizer classes told apart by their param-group keys (first match wins); "stateful": whether every
 # param that received a gradient gets a state entry (SGD only with momentum).
 KINDS = (("history_size", "LBFGS"), ("beta2_decay", "Adafactor"), ("momentum_decay", "NAdam"), ("etas", "Rprop"),
@@ -62,6 +63,7 @@ class ParamMap:
     maybe_uncovered: list[str] = field(default_factory=list)
     missing: int | None = None
     orphans: list[int] = field(default_factory=list)
+    tied: dict[str, str] = field(default_factory=dict)  # left out of the candidates: {later name: earlier name}
     note: str = ""
 
     @property
@@ -107,14 +109,17 @@ def state_shape(entry: dict | None) -> Shape | None:
     return None
 
 
-def is_buffer_name(name: str) -> bool:
-    return split_name(name)[1] in BUFFER_LEAVES
+def is_buffer(name: str, shape: Shape) -> bool:
+    """A known buffer leaf, an attention mask (`*mask*`), or a `bias` of two or more dims (nanoGPT's causal mask
+    `attn.bias`, (1, 1, T, T): a parameter bias is 1-D)."""
+    leaf = split_name(name)[1]
+    return leaf in BUFFER_LEAVES or "mask" in leaf or (leaf == "bias" and len(shape) >= 2)
 
 
 def candidate_tensors(weights: Weights) -> list[tuple[str, Shape]]:
     """(name, shape) of the tensors that can be parameters: floating and not a known buffer, in checkpoint order."""
     infos = (weights.info(name) for name in weights.names())
-    return [(info.name, info.shape) for info in infos if is_float(info) and not is_buffer_name(info.name)]
+    return [(info.name, info.shape) for info in infos if is_float(info) and not is_buffer(info.name, info.shape)]
 
 
 def fits(want: Shape | None, have: Shape) -> bool:
@@ -151,20 +156,50 @@ def feasible(seq: list[Shape | None], shapes: list[Shape], left: list[int], righ
     return out
 
 
-def greedy_merge(groups: list[list[Shape | None]], shapes: list[Shape], backward: bool = False) -> list[list[int]] | None:
-    """Positions of each group's params when the groups are merged in checkpoint order, each candidate going
-    to the first group whose next param fits it (a known shape before an unknown one), or None."""
-    order = range(len(shapes) - 1, -1, -1) if backward else range(len(shapes))
+def merge(groups: list[list[Shape | None]], shapes: list[Shape], backward: bool = False,
+          budget: int = MERGE_BUDGET) -> list[list[int]] | None:
+    """Positions of each group's params when the groups interleave in checkpoint order (each group in its own
+    order, candidates left over allowed), found by a depth-first search from the first candidate (or from the
+    last, `backward`) that tries the groups whose next param fits before skipping; None when none fits (or
+    the search exceeds `budget` steps)."""
     seqs = [g[::-1] if backward else list(g) for g in groups]
-    ptr, placed = [0] * len(groups), [[] for _ in groups]
-    for p in order:
-        open_ = [g for g, seq in enumerate(seqs) if ptr[g] < len(seq) and fits(seq[ptr[g]], shapes[p])]
-        if open_:
-            g = min(open_, key=lambda g: seqs[g][ptr[g]] is None)
-            placed[g].append(p)
-            ptr[g] += 1
-    if any(ptr[g] < len(seq) for g, seq in enumerate(seqs)):
+    order = list(range(len(shapes)))[::-1] if backward else list(range(len(shapes)))
+    m, n = len(shapes), sum(len(seq) for seq in seqs)
+    if n > m:
         return None
+
+    def choices(t: int, ptrs: tuple[int, ...]) -> list[int | None]:
+        fit = [g for g, seq in enumerate(seqs) if ptrs[g] < len(seq) and fits(seq[ptrs[g]], shapes[order[t]])]
+        fit.sort(key=lambda g: seqs[g][ptrs[g]] is None)  # a known shape before an unknown one
+        return fit + ([None] if t - sum(ptrs) < m - n else [])  # None: leave the candidate uncovered
+
+    start = (0,) * len(seqs)
+    stack, picks, dead = [(start, choices(0, start))] if n else [], [], set()
+    while stack:
+        ptrs, opts = stack[-1]
+        if not opts:
+            dead.add((len(stack) - 1, ptrs))
+            stack.pop()
+            picks = picks[:-1]
+            continue
+        g = opts.pop(0)
+        nxt = ptrs if g is None else ptrs[:g] + (ptrs[g] + 1,) + ptrs[g + 1:]
+        picks.append(g)
+        if sum(nxt) == n:
+            break
+        budget -= 1
+        if len(stack) == m or (len(stack), nxt) in dead or budget < 0:
+            picks.pop()
+            if budget < 0:
+                return None
+            continue
+        stack.append((nxt, choices(len(stack), nxt)))
+    if n and sum(1 for g in picks if g is not None) < n:
+        return None
+    placed: list[list[int]] = [[] for _ in seqs]
+    for t, g in enumerate(picks):
+        if g is not None:
+            placed[g].append(order[t])
     return [pos[::-1] for pos in placed] if backward else placed
 
 
@@ -199,6 +234,9 @@ def map_params(groups: list[list[Shape | None]], candidates: list[tuple[str, Sha
     shape_set = {tuple(s) for s in shapes}
     orphans = [i for i, s in enumerate(flat) if s is not None and tuple(s) not in shape_set]
     starts = list(itertools.accumulate([0] + [len(g) for g in groups]))
+    if flat and len(orphans) == len(flat):
+        return ParamMap("none", [[] for _ in flat], names, orphans=orphans, note="no optimizer state has the shape of a "
+                        "checkpoint tensor (flattened or sharded optimizer state, or another model's)")
     kept = [[i for i in range(starts[g], starts[g + 1]) if i not in orphans] for g in range(len(groups))]
     positions: list[set[int]] = [set() for _ in flat]
     how = "none"
@@ -215,7 +253,7 @@ def map_params(groups: list[list[Shape | None]], candidates: list[tuple[str, Sha
         if perm == tuple(range(len(groups))):
             break  # the groups' own order embeds: take it
     if how == "none":
-        merged = [greedy_merge([[flat[i] for i in k] for k in kept], shapes, backward) for backward in (False, True)]
+        merged = [merge([[flat[i] for i in k] for k in kept], shapes, backward) for backward in (False, True)]
         if merged[0] is not None and merged[1] is not None:
             how = "interleaved"
             for run in merged:
@@ -236,23 +274,36 @@ def map_params(groups: list[list[Shape | None]], candidates: list[tuple[str, Sha
 
 
 def optimizer_map(weights: Weights) -> ParamMap:
-    """The ParamMap of `weights.optimizer` over the checkpoint's tensors."""
+    """The ParamMap of `weights.optimizer` over the checkpoint's tensors. When some candidates are left over,
+    tied duplicates among them are dropped and the map redone (`tied`)."""
     optimizer = weights.optimizer
     state = states(optimizer)
     groups = [[state_shape(state.get(int(i))) for i in group["params"]] for group in optimizer["param_groups"]]
     names = [group.get("param_names") for group in optimizer["param_groups"]]
-    return map_params(groups, candidate_tensors(weights), names if all(n is not None for n in names) else None)
+    names = names if all(n is not None for n in names) else None
+    candidates = candidate_tensors(weights)
+    pmap = map_params(groups, candidates, names)
+    if pmap.missing:
+        tied = tied_duplicates(weights, candidates)
+        untied = map_params(groups, [c for c in candidates if c[0] not in tied], names) if tied else None
+        if untied is not None and untied.how != "none":
+            pmap, pmap.tied = untied, tied
+    return pmap
 
 
-def tied_twin(weights: Weights, name: str, others: list[str]) -> str | None:
-    """A tensor among `others` that `name` is tied to (the same storage, or equal values and shape), or None."""
-    tensor = weights.tensor(name)
-    for other in others:
-        twin = weights.tensor(other)
-        if twin.shape != tensor.shape or twin.dtype != tensor.dtype:
-            continue
-        if twin.data_ptr() == tensor.data_ptr():
-            return other
-        if torch.equal(twin.reshape(-1)[:16], tensor.reshape(-1)[:16]) and torch.equal(twin, tensor):
-            return other
-    return None
+def tied_duplicates(weights: Weights, candidates: list[tuple[str, Shape]]) -> dict[str, str]:
+    """{later name: earlier name} for candidates that are one tensor saved twice (tied weights: a state dict lists
+    both names, `parameters()` only the first), told by shared storage (`torch.load` keeps it; safetensors files
+    drop the duplicate instead). Equal values are not enough: deep-copied layers start out equal."""
+    count: dict[Shape, int] = {}
+    for _, shape in candidates:
+        count[tuple(shape)] = count.get(tuple(shape), 0) + 1
+    seen: dict[tuple, str] = {}
+    tied: dict[str, str] = {}
+    for name, shape in (c for c in candidates if count[tuple(c[1])] > 1):  # only shapes that occur twice are read
+        tensor = weights.tensor(name)
+        key = (tensor.data_ptr(), tuple(shape), tensor.dtype)
+        if tensor.numel() and key in seen:
+            tied[name] = seen[key]
+        seen.setdefault(key, name)
+    return tied

@@ -25,7 +25,7 @@ def as_matrix(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def singular_values(matrix: torch.Tensor, *, full_max: int = 1024, top: int = 256,
-                    oversample: int = 16, niter: int = 4) -> tuple[torch.Tensor, bool]:
+                    oversample: int = 32, niter: int = 4) -> tuple[torch.Tensor, bool]:
     """(σ descending, truncated): all min(m, n) of them when min(m, n) <= full_max, else the top `top`.
 
     The top values come from `torch.svd_lowrank` with `oversample` extra directions and `niter` power
@@ -33,7 +33,8 @@ def singular_values(matrix: torch.Tensor, *, full_max: int = 1024, top: int = 25
     It draws from torch's global generator: seed it for a reproducible result.
     """
     if min(matrix.shape) <= full_max or top + oversample >= min(matrix.shape):
-        return torch.linalg.svdvals(matrix), False
+        tall = matrix.T if matrix.shape[0] < matrix.shape[1] else matrix  # same σ; LAPACK is ~4x faster on tall
+        return torch.linalg.svdvals(tall), False
     _, values, _ = torch.svd_lowrank(matrix, q=top + oversample, niter=niter)
     return values.sort(descending=True).values[:top], True
 

@@ -14,9 +14,11 @@ The consumer is inferred, never known: the next weight layer in checkpoint order
 parent module, whose input width (shape[1]) is this layer's output width, with only BatchNorms
 (per-channel, so they do not mix units) between them. A LayerNorm/RMSNorm in between mixes the units
 (it normalizes over them) and ends the search, as do embeddings, attention and RNN layers; a candidate
-named like a query/key/value projection or a shortcut reads the block's input, not this layer's output,
-and is rejected. Layers writing to a residual stream (their outputs have several consumers) fall outside
-the parent-module rule, so they get no consumer.
+named like a query/key/value projection, a router/gate or a shortcut reads the block's input, not this
+layer's output, and is rejected. Layers writing to a residual stream (their outputs have several
+consumers) fall outside the parent-module rule, so they get no consumer. A 2-D weight stored transposed,
+(in, out) with a bias of shape[1] entries (Hugging Face's Conv1D in GPT-2), has inputs for rows: it is
+not surveyed, and is no consumer.
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ from ..core.evidence import Weights
 from .weight_layout import Layer, is_float, layers, split_name
 from .weight_stats import tensor_stats
 
+UNIT_KINDS = ("linear", "conv", "norm", "batchnorm")  # the layer kinds whose units are surveyed
 REL_THRESHOLD = 1e-3  # a row or scale below this × its layer's median is ~0
 PAIR_THRESHOLD = 0.05  # incoming and outgoing both below this × their medians: a faded unit
-CENTRED_SCALES = 0.25  # norm scales this often negative are centred on 0 (an offset (1 + γ) parameterization)
+CENTRED_SCALES = 0.2  # norm scales at least this often negative are centred on 0 (an offset (1 + γ) parameterization)
 READS_BLOCK_INPUT = re.compile(
     r"(^|[._])(q|k|v|query|key|value|w_?[qkv]|[qkv]_?proj|[qkv]_lin|to_[qkv]|qkv|wqkv|c_attn|"
-    r"downsample|shortcut|skip\w*|residual\w*)($|[._])", re.IGNORECASE)
+    r"router\w*|gate|gating|w_gate|switch|downsample|shortcut|skip\w*|residual\w*)($|[._])", re.IGNORECASE)
 
 
 @dataclass
@@ -93,7 +96,14 @@ def input_norms(weights: Weights, name: str) -> torch.Tensor:
     return cache[name]
 
 
-def consumer_of(found: list[Layer], index: int) -> tuple[Layer | None, list[Layer]]:
+def transposed(weights: Weights, layer: Layer) -> bool:
+    """A 2-D weight stored (in, out), as Hugging Face's Conv1D (GPT-2) keeps it: its bias has shape[1] entries."""
+    if layer.kind != "linear" or not layer.bias or layer.shape[0] == layer.shape[1]:
+        return False
+    return weights.info(layer.bias).shape == layer.shape[1:]
+
+
+def consumer_of(weights: Weights, found: list[Layer], index: int) -> tuple[Layer | None, list[Layer]]:
     """(the layer inferred to read the outputs of `found[index]` or None, the BatchNorms between them)."""
     producer = found[index]
     parent = split_name(producer.name)[0]
@@ -108,6 +118,8 @@ def consumer_of(found: list[Layer], index: int) -> tuple[Layer | None, list[Laye
             return None, []
         if candidate.shape[1] != producer.shape[0] or READS_BLOCK_INPUT.search(candidate.name.rpartition(".")[2]):
             return None, []
+        if transposed(weights, candidate):
+            return None, []
         return candidate, between
     return None, []
 
@@ -119,14 +131,14 @@ def survey(weights: Weights, rel_threshold: float = REL_THRESHOLD, pair_threshol
         return weights.cache[key]
     found, out = layers(weights), []
     for index, layer in enumerate(found):
-        if layer.kind not in ("linear", "conv", "norm", "batchnorm") or not layer.weight:
+        if layer.kind not in UNIT_KINDS or not layer.weight:
             continue
         if not is_float(weights.info(layer.weight)):
             continue
         if layer.kind in ("norm", "batchnorm"):
             out.append(norm_units(weights, layer, rel_threshold))
         else:
-            consumer, between = consumer_of(found, index)
+            consumer, between = consumer_of(weights, found, index)
             units = weight_units(weights, layer, consumer, rel_threshold, pair_threshold)
             units.running = [norm.tensors[leaf] for norm in between for leaf in ("running_mean", "running_var")
                              if leaf in norm.tensors]
@@ -140,7 +152,7 @@ def norm_units(weights: Weights, layer: Layer, rel: float) -> LayerUnits:
     units = LayerUnits(layer.name, layer.weight, "norm", scale.numel(), layer.bias)
     if not bool(torch.isfinite(scale).all()):
         units.skipped = "holds non-finite values (see non-finite)"
-    elif (scale < 0).float().mean() > CENTRED_SCALES:
+    elif (scale < 0).float().mean() >= CENTRED_SCALES:
         units.skipped = "its scales are centred on 0 (an offset parameterization, output × (1 + γ)?)"
     else:
         units.zero = torch.nonzero(small(scale.abs(), rel)).flatten().tolist()
@@ -153,6 +165,10 @@ def weight_units(weights: Weights, layer: Layer, consumer: Layer | None, rel: fl
                        consumer.weight if consumer else None)
     if stats.nonfinite:
         units.skipped = "holds non-finite values (see non-finite)"
+        return units
+    if transposed(weights, layer):  # its rows are inputs, not units
+        units.skipped = "stored transposed, (in, out), as Hugging Face's Conv1D"
+        units.consumer = None
         return units
     rows = stats.row_norms  # (out,)
     zero = small(rows, rel)

@@ -16,7 +16,7 @@ from ..core.evidence import TensorInfo, Weights
 
 KINDS = ("linear", "conv", "embedding", "norm", "batchnorm", "attention-in-proj", "rnn", "other")
 # Names of tables whose rows are looked up, not multiplied: token/position embeddings, VQ codebooks.
-EMBEDDING_NAME = re.compile(r"(^|[._])(embed\w*|embedding\w*|wte|wpe|tok_emb\w*|pos_emb\w*|codebook\w*|lookup)($|[._])",
+EMBEDDING_NAME = re.compile(r"(^|[._])(emb|emb_\w+|embed\w*|embedding\w*|wte|wpe|tok_emb\w*|pos_emb\w*|codebook\w*|lookup)($|[._])",
                             re.IGNORECASE)
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 RNN_LEAF = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")

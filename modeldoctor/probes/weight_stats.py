@@ -65,7 +65,12 @@ def _sample(flat: torch.Tensor, size: int = SAMPLE_SIZE, blocks: int = SAMPLE_BL
 
 
 def compute_stats(name: str, tensor: torch.Tensor) -> TensorStats:
-    """The summary of one tensor (see the module docstring)."""
+    """The summary of one tensor (see the module docstring).
+
+    Few passes per chunk, all in float32 (float64 reductions cost 10x more on CPU): the row and column
+    norms, the sum, the count of zeros, the min/max. A finite sum of squares proves the chunk finite;
+    only a chunk that is not pays for counting its NaN and Inf values and for masking them out.
+    """
     stats = TensorStats(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), tensor.numel())
     if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
         return stats
@@ -79,19 +84,28 @@ def compute_stats(name: str, tensor: torch.Tensor) -> TensorStats:
     col_sq = torch.zeros(rows.shape[1], dtype=torch.float64) if tensor.dim() == 2 else None
     for start in range(0, rows.shape[0], per_chunk):
         chunk = rows[start:start + per_chunk].float()  # (r, C)
-        finite = torch.isfinite(chunk)
-        nan = torch.isnan(chunk)
-        stats.nan += int(nan.sum())
-        stats.inf += int((~finite & ~nan).sum())
-        clean = torch.where(finite, chunk, torch.zeros((), dtype=chunk.dtype))
-        stats.zeros += int((chunk == 0).sum())
-        finite_count += int(finite.sum())
-        total += float(clean.sum(dtype=torch.float64))
-        total_sq += float(clean.square().sum(dtype=torch.float64))
-        abs_max = max(abs_max, float(clean.abs().max()) if clean.numel() else 0.0)
-        row_sq.append(clean.square().sum(dim=1, dtype=torch.float64))
+        chunk_rows = torch.linalg.vector_norm(chunk, dim=1)  # (r,)
+        chunk_sq = float(chunk_rows.square().sum())
+        if not math.isfinite(chunk_sq):  # NaN/Inf somewhere (or norms past float32): count and mask them
+            finite = torch.isfinite(chunk)
+            nan = int(torch.isnan(chunk).sum())
+            stats.nan += nan
+            stats.inf += int(chunk.numel() - int(finite.sum())) - nan
+            chunk = torch.where(finite, chunk, torch.zeros((), dtype=chunk.dtype))
+            chunk_rows = torch.linalg.vector_norm(chunk.double(), dim=1).float()
+            chunk_sq = float(chunk_rows.double().square().sum())
+            finite_count += int(finite.sum())
+        else:
+            finite_count += chunk.numel()
+        stats.zeros += chunk.numel() - int(torch.count_nonzero(chunk))
+        total += float(chunk.sum())  # float32 pairwise sums per chunk; the chunks add up in Python floats
+        total_sq += chunk_sq
+        low, high = torch.aminmax(chunk)
+        abs_max = max(abs_max, abs(float(low)), abs(float(high)))
+        row_sq.append(chunk_rows.double().square())
         if col_sq is not None:
-            col_sq += clean.square().sum(dim=0, dtype=torch.float64)
+            # a strided reduction down the columns is 8x slower than summing the squares with a matmul
+            col_sq += (torch.ones(1, chunk.shape[0]) @ chunk.square())[0].double()
     if finite_count:
         stats.mean = total / finite_count
         stats.std = math.sqrt(max(total_sq / finite_count - stats.mean**2, 0.0))

@@ -158,28 +158,46 @@ def near_duplicates(rows: torch.Tensor, cosine: float, norm_tolerance: float) ->
         stop = min(start + CHUNK_ROWS, n)
         sim = unit[start:stop] @ unit.T  # (c, n)
         sim[torch.arange(stop - start), torch.arange(start, stop)] = -2.0  # not its own duplicate
-        ratio = torch.minimum(norms[start:stop, None], norms) / torch.maximum(norms[start:stop, None], norms)  # (c, n)
-        adjacency[start:stop] = (sim > cosine) & (ratio >= 1.0 - norm_tolerance)
-        max_cosine = max(max_cosine, float(sim.max())) if n > 1 else max_cosine
+        max_cosine = max(max_cosine, float(sim.max()))
+        i, j = torch.nonzero(sim > cosine, as_tuple=True)  # candidate pairs: few unless the table collapsed
+        a, b = norms[start + i], norms[j]
+        keep = torch.minimum(a, b) >= (1.0 - norm_tolerance) * torch.maximum(a, b)
+        adjacency[start + i[keep], j[keep]] = True
     links = adjacency.numpy()
-    clustered = np.zeros(n, dtype=bool)
-    clusters = 0
-    for i in range(n):
+    linked = links.any(1)  # (n,) rows with a near-duplicate
+    clustered = ~linked  # a row without a near-duplicate is a cluster of its own
+    clusters = int(clustered.sum())
+    for i in np.flatnonzero(linked):
         if not clustered[i]:
             clusters += 1
             clustered |= links[i]
             clustered[i] = True
-    return {"clusters": clusters, "duplicate_pairs": int(links.sum()) // 2,
-            "rows_with_duplicate": int(links.any(1).sum()), "max_cosine": max_cosine if n > 1 else math.nan}
+    return {"clusters": clusters, "duplicate_pairs": int(links.sum()) // 2, "rows_with_duplicate": int(linked.sum()),
+            "max_cosine": min(max_cosine, 1.0) if n > 1 else math.nan}
 
 
-def chance_clusters(norms: torch.Tensor, dim: int, cosine: float, norm_tolerance: float, seed: int) -> int:
-    """Clusters among random directions in `dim` dimensions with these norms: what chance alone gives
-    (in a few dimensions random rows are often within 8° of each other; in many, never)."""
+def chance_clusters(rows: torch.Tensor, cosine: float, norm_tolerance: float, seed: int, basis: int = 256) -> int:
+    """Clusters among as many rows drawn from a Gaussian with the same mean and covariance as `rows` (n, D).
+
+    What chance gives a table of this shape: random rows in a few dimensions, or in a narrow cone
+    far from the origin (a codebook fitted to data with a large offset), are often within 8° of
+    each other; clumps of rows on a few vectors are not chance. The covariance is that of up to
+    `basis` of the rows (the Gaussian rows are random combinations of them).
+    """
     generator = torch.Generator().manual_seed(seed)
-    directions = torch.randn(len(norms), dim, generator=generator)
-    rows = directions / directions.norm(dim=1, keepdim=True) * norms[torch.randperm(len(norms), generator=generator), None]
-    return near_duplicates(rows, cosine, norm_tolerance)["clusters"]
+    rows = rows.float()
+    mean = rows.mean(0)  # (D,)
+    centred = (rows - mean)[torch.randperm(len(rows), generator=generator)[:basis]]  # (m, D)
+    gaussian = mean + torch.randn(len(rows), len(centred), generator=generator) @ centred / math.sqrt(len(centred))  # (n, D)
+    return near_duplicates(gaussian[gaussian.norm(dim=1) > 0], cosine, norm_tolerance)["clusters"]
+
+
+def relative_spread(rows: torch.Tensor) -> float:
+    """rms distance of rows (n, D) to their mean row over their rms norm: 1 around the origin, 0 for one point."""
+    if not len(rows):
+        return 0.0
+    centred = rows - rows.mean(0)
+    return float(centred.square().sum(1).mean().sqrt() / rows.square().sum(1).mean().sqrt().clamp_min(1e-30))
 
 
 def simulate_routing(weight: torch.Tensor, bias: torch.Tensor, draws: int, seed: int) -> dict:
@@ -191,9 +209,9 @@ def simulate_routing(weight: torch.Tensor, bias: torch.Tensor, draws: int, seed:
     """
     experts = weight.shape[0]
     values, vectors = torch.linalg.eigh(weight @ weight.T)  # (E,), (E, E)
-    root = vectors * values.clamp_min(0.0).sqrt()  # (E, E): root rootᵀ = W Wᵀ
+    root = (vectors * values.clamp_min(0.0).sqrt()).float()  # (E, E): root rootᵀ = W Wᵀ
     generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(draws, experts, generator=generator, dtype=torch.float64) @ root.T + bias  # (draws, E)
+    logits = torch.randn(draws, experts, generator=generator) @ root.T + bias.float()  # (draws, E)
     top = logits.topk(min(2, experts), dim=-1).indices  # (draws, k)
     top1 = torch.bincount(top[:, 0], minlength=experts).double() / draws  # (E,)
     top2 = torch.bincount(top.reshape(-1), minlength=experts).double() / top.numel()  # (E,)
@@ -204,7 +222,7 @@ def share_summary(shares: list[float]) -> dict:
     """max share, normalized entropy H/log E, and `coverage`: the fewest experts carrying 90% of the traffic, over E."""
     p = np.asarray(shares, dtype=np.float64)
     nonzero = p[p > 0]
-    entropy = float(-(nonzero * np.log(nonzero)).sum() / math.log(len(p)))
+    entropy = max(0.0, float(-(nonzero * np.log(nonzero)).sum() / math.log(len(p))))
     carried = np.cumsum(np.sort(p)[::-1])
     fewest = int(np.searchsorted(carried, 0.9 - 1e-12) + 1)
     return {"max_share": float(p.max()), "entropy": entropy, "coverage": min(fewest, len(p)) / len(p)}
