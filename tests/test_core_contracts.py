@@ -1,6 +1,8 @@
 """Core contracts: findings and the status order, evidence kinds and dispatch, typed capabilities."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from torch import nn
@@ -160,7 +162,9 @@ def test_a_loaded_checkpoint_carries_its_weights_as_evidence(tiny_checkpoint):
     loaded = modeldoctor.load_checkpoint(tiny_checkpoint)
     assert loaded.evidence.kinds() == ["subject", "weights"]
     assert set(loaded.weights.names()) == set(loaded.subject.model.state_dict())
-    assert loaded.weights.sha256 == loaded.sha256 and loaded.weights.format == "modeldoctor"
+    digest = loaded.sha256  # hashed in the background while checks run; reading it waits and fills weights.sha256
+    assert digest == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert loaded.weights.sha256 == digest and loaded.weights.format == "modeldoctor"
 
 
 def test_a_training_checkpoint_keeps_its_optimizer_and_scheduler_state(tmp_path):

@@ -25,6 +25,11 @@ def unit_tensors(layer: Layer) -> list[str]:
     return [layer.tensors[leaf] for leaf in ("weight", "in_proj_weight") if leaf in layer.tensors][:1]
 
 
+def is_lora_base(layer: Layer) -> bool:
+    """A layer wrapped in LoRA: adapter tensors beside its weight (modeldoctor.nn.lora), or PEFT's `base_layer`."""
+    return layer.name.endswith(".base_layer") or any(leaf.lower().startswith("lora_") for leaf in layer.tensors)
+
+
 def names(units: list[dict], count: int = 3) -> str:
     said = ", ".join(f"'{u['layer']}'" + (f" ({u['what']})" if u.get("what") else "") for u in units[:count])
     return said + (f" and {len(units) - count} more" if len(units) > count else "")
@@ -44,7 +49,9 @@ class UntrainedLayers(Check):
     values (within `max_std_z` standard errors), and the spread of its row and column norms (iid
     entries make it known; trained units and inputs get their own scales, p > `p_min`). It clearly
     trained when the KS test rejects it (p ≤ `p_min`, D ≥ `d_max`); a weight every value of which is
-    equal (a zero init) is at init, exactly. Norm layers are at init when the weight is constant and
+    equal (a zero init) is at init, exactly, and one with a value beyond the bound of the uniform init it
+    is closest to has moved, exactly. A LoRA-wrapped layer's frozen base is not tested (frozen is its
+    design): its adapter is, and one whose B is still all 0 never trained. Norm layers are at init when the weight is constant and
     the bias all 0; BatchNorm statistics were never updated when running_mean is all 0 and running_var
     all 1. With `--against BASE`, each parameter's relative change ‖W − W0‖/‖W0‖ decides instead;
     tensors absent from the base or of another shape are tested as above.
@@ -111,7 +118,9 @@ class UntrainedLayers(Check):
         hh = next((weights.info(n).shape for leaf, n in layer.tensors.items() if leaf.startswith("weight_hh")), None)
         match = match_init(st.sample, candidates(st.shape, init_range, hh[1] if hh else None))
         z, norms_p = match.std_z(st.std, st.numel), norm_dispersion_p(st)
-        rejected = match.p <= o["p_min"] or z > o["max_std_z"] or norms_p <= o["p_min"]
+        # a uniform init draws nothing beyond its bound: a value past it is exact proof the weight moved
+        beyond = match.candidate.kurtosis == 1.8 and st.abs_max > match.candidate.std * math.sqrt(3) * (1 + 1e-5)
+        rejected = match.p <= o["p_min"] or z > o["max_std_z"] or norms_p <= o["p_min"] or beyond
         if not rejected and match.d < o["d_max"]:
             state = "at-init"
         elif match.p <= o["p_min"] and match.d >= o["d_max"]:
@@ -119,7 +128,17 @@ class UntrainedLayers(Check):
         else:
             state = "moved" if rejected else "inconclusive"
         return {**unit, "state": state, "init": match.init, "d": match.d, "p": match.p, "std_z": z, "norms_p": norms_p,
-                "normal": match.candidate.kurtosis == 3.0}
+                "normal": match.candidate.kurtosis == 3.0, "beyond_bound": beyond}
+
+    def test_adapter(self, weights: Weights, layer: Layer) -> dict | None:
+        """A LoRA-wrapped layer: its base is frozen by design; the adapter trained unless its B is still constant (0)."""
+        b = next((name for leaf, name in layer.tensors.items() if leaf.lower() == "lora_b"), None)
+        if b is None:
+            return None
+        still = is_constant(tensor_stats(weights, b))
+        return {"layer": layer.name, "tensor": b, "kind": "lora", "what": "LoRA B", "exact": True,
+                "state": "at-init" if still else "trained", "init": "constant (LoRA B starts at 0)" if still else "not constant",
+                "std": tensor_stats(weights, b).std, "numel": tensor_stats(weights, b).numel}
 
     def test_norm(self, weights: Weights, layer: Layer) -> dict | None:
         """A norm layer is at init when its weight is constant and its bias all 0 (exact, any size)."""
@@ -128,7 +147,7 @@ class UntrainedLayers(Check):
             return None
         still = is_constant(weight) and (bias is None or is_constant(bias, 0.0))
         return {"layer": layer.name, "tensor": layer.main, "kind": layer.kind, "state": "at-init" if still else "trained",
-                "init": f"weight {weight.mean:g}, bias 0", "exact": True}
+                "init": f"weight {weight.mean:g}, bias 0" if still else "not constant", "exact": True}
 
     def measure(self, weights: Weights, ctx: CheckContext) -> Measurement:
         init_range = (weights.extra.get("hf_config") or {}).get("initializer_range")
@@ -137,11 +156,13 @@ class UntrainedLayers(Check):
         units, bn_default, skipped_small, skipped_kind = [], [], 0, 0
         for layer in layers(weights):
             ctx.ensure_time("testing layers against their initialization")
-            mean, var, count = (layer.tensors.get(leaf) for leaf in ("running_mean", "running_var", "num_batches_tracked"))
+            mean, var, tracked = (layer.tensors.get(leaf) for leaf in ("running_mean", "running_var", "num_batches_tracked"))
             if mean and var and is_constant(tensor_stats(weights, mean), 0.0) and is_constant(tensor_stats(weights, var), 1.0):
-                batches = int(weights.tensor(count).sum()) if count and weights.info(count).numel else None
+                batches = int(weights.tensor(tracked).sum()) if tracked and weights.info(tracked).numel else None
                 bn_default.append({"layer": layer.name, "tensors": [mean, var], "num_batches_tracked": batches})
-            if layer.kind in ("norm", "batchnorm"):  # tensors the base comparison judged are not tested again
+            if is_lora_base(layer):  # a frozen base under an adapter is the design, not a fault
+                found = [self.test_adapter(weights, layer)]
+            elif layer.kind in ("norm", "batchnorm"):  # tensors the base comparison judged are not tested again
                 found = [] if layer.main in changes else [self.test_norm(weights, layer)]
             elif layer.kind in TESTED_KINDS:
                 found = [self.test_weight(weights, layer, name, init_range) for name in unit_tensors(layer) if name not in changes]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,16 +43,49 @@ class LoadedCheckpoint:
 
     subject: Subject | None
     path: str
-    sha256: str | None
+    digest: Digest | None  # of the file (None for a folder); `sha256` waits for it
     format: str  # modeldoctor | state_dict | wrapper:<key> | lightning | safetensors | hf-folder | pickled-module
     weights: Weights | None = None
     notes: list[str] = field(default_factory=list)
     why_no_subject: str | None = None
 
     @property
+    def sha256(self) -> str | None:
+        value = self.digest.value() if self.digest is not None else None
+        if self.weights is not None:
+            self.weights.sha256 = value
+        return value
+
+    @property
     def evidence(self) -> Evidence:
         missing = {"subject": self.why_no_subject} if self.why_no_subject else {}
         return Evidence(subject=self.subject, weights=self.weights, missing=missing)
+
+
+class Digest:
+    """The sha256 of a file, computed in a background thread while the checks run.
+
+    hashlib releases the GIL on large blocks, so on a second core hashing a large checkpoint costs the
+    scan nothing; `value()` waits for it.
+    """
+
+    def __init__(self, path: Path):
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), name="modeldoctor-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._value = sha256_of(path)
+        except BaseException as error:  # re-raised in the caller's thread by value()
+            self._error = error
+
+    def value(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise InputError(f"could not read the checkpoint to hash it: {self._error}") from self._error
+        return self._value or ""
 
 
 def sha256_of(path: Path) -> str:
@@ -144,13 +178,12 @@ def load_checkpoint(
     read = read_checkpoint(path, trust=trust)
     weights, meta, fmt = read.weights, read.meta, read.format
     path = Path(path)
-    digest = sha256_of(path) if path.is_file() else None
-    weights.sha256 = digest
+    digest = Digest(path) if path.is_file() else None
     if against is not None:
         weights.base = read_checkpoint(against, trust=trust).weights
     name = subject or meta.get("subject")
     if not name:
-        return LoadedCheckpoint(subject=None, path=str(path), sha256=digest, format=fmt, weights=weights, notes=read.notes)
+        return LoadedCheckpoint(subject=None, path=str(path), digest=digest, format=fmt, weights=weights, notes=read.notes)
     merged_config = {**(meta.get("config") or {}), **(config or {})}
     built = build_subject(name, merged_config)
     built = apply_fixes(built, meta.get("fixes") or [], copy=False, replay=True)
@@ -159,13 +192,13 @@ def load_checkpoint(
     if bad:
         why = (f"the weights hold NaN/Inf in {len(bad)} tensor(s) ({', '.join(bad[:3])}): a live subject "
                "would train and evaluate garbage; see non-finite")
-        return LoadedCheckpoint(subject=None, path=str(path), sha256=digest, format=fmt, weights=weights,
+        return LoadedCheckpoint(subject=None, path=str(path), digest=digest, format=fmt, weights=weights,
                                 notes=read.notes, why_no_subject=why)
     mismatch = fit_report(built.model, state)
     if mismatch:
         raise InputError(f"{path} does not fit subject {name!r}: {mismatch}")
     built.model.load_state_dict(state)
-    return LoadedCheckpoint(subject=built, path=str(path), sha256=digest, format=fmt, weights=weights, notes=read.notes)
+    return LoadedCheckpoint(subject=built, path=str(path), digest=digest, format=fmt, weights=weights, notes=read.notes)
 
 
 def _fit_names(state: dict, model: nn.Module) -> dict:

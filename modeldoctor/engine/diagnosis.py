@@ -31,24 +31,41 @@ def resolve_config(config: dict | str | Path | None) -> dict | None:
     return read_config_file(config)
 
 
-def load_target(target, *, subject: str | None = None, config: dict | str | Path | None = None,
-                trust: bool = False, against: str | Path | None = None) -> tuple[Evidence, dict]:
-    """(evidence, subject info for the report) of a checkpoint path, a loaded checkpoint, a Subject or Evidence.
+def read_target(target, *, subject: str | None = None, config: dict | str | Path | None = None,
+                trust: bool = False, against: str | Path | None = None):
+    """A checkpoint path read into a LoadedCheckpoint; a loaded checkpoint, a Subject or Evidence as it is.
 
     `subject`, `config`, `trust` and `against` say how to read a checkpoint; they are an error with anything else.
     """
     if isinstance(target, (str, Path)):
-        target = load_checkpoint(target, subject=subject, config=resolve_config(config), trust=trust, against=against)
-    elif subject is not None or config is not None or trust or against is not None:
+        return load_checkpoint(target, subject=subject, config=resolve_config(config), trust=trust, against=against)
+    if subject is not None or config is not None or trust or against is not None:
         raise ValueError("subject, config, trust and against apply only when the target is a checkpoint path")
+    if not isinstance(target, (LoadedCheckpoint, Subject, Evidence)):
+        raise TypeError(f"diagnose needs a checkpoint path, a Subject or an Evidence, not {type(target).__name__}")
+    return target
+
+
+def evidence_of(target: LoadedCheckpoint | Subject | Evidence) -> Evidence:
     if isinstance(target, LoadedCheckpoint):
-        return target.evidence, subject_info(target.subject, target.path, target.sha256)
+        return target.evidence
+    return Evidence(subject=target) if isinstance(target, Subject) else target
+
+
+def info_of(target: LoadedCheckpoint | Subject | Evidence) -> dict:
+    """What the report says about what was examined (waits for a checkpoint's hash, computed meanwhile)."""
+    if isinstance(target, LoadedCheckpoint):
+        return subject_info(target.subject, target.path, target.sha256)
     if isinstance(target, Subject):
-        return Evidence(subject=target), subject_info(target)
-    if isinstance(target, Evidence):
-        weights = target.weights
-        return target, subject_info(target.subject, weights and weights.path, weights and weights.sha256)
-    raise TypeError(f"diagnose needs a checkpoint path, a Subject or an Evidence, not {type(target).__name__}")
+        return subject_info(target)
+    weights = target.weights
+    return subject_info(target.subject, weights and weights.path, weights and weights.sha256)
+
+
+def load_target(target, **how) -> tuple[Evidence, dict]:
+    """(evidence, subject info for the report) of a checkpoint path, a loaded checkpoint, a Subject or Evidence."""
+    target = read_target(target, **how)
+    return evidence_of(target), info_of(target)
 
 
 def split_names(names: str | Iterable[str] | None) -> list[str]:
@@ -84,9 +101,11 @@ def diagnose(
     Bad input raises InputError with one clear line.
     """
     load_plugin_specs(plugins)
-    evidence, info = load_target(target, subject=subject, config=config, trust=trust, against=against)
+    read = read_target(target, subject=subject, config=config, trust=trust, against=against)
+    evidence = evidence_of(read)
     selected = select_checks(split_names(checks))
     results = run_battery(evidence, selected, options=options, seed=seed, budget_s=budget_s,
                           progress=progress, figures=figures)
+    info = info_of(read)  # after the checks: the file was hashed while they ran
     section = weights_summary(evidence.weights, results) if evidence.weights is not None else None
     return build_report(info, results, evidence=evidence.kinds(), figures=figures, weights=section)

@@ -27,14 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.evidence import Weights
-from .weight_layout import is_float, split_name
+from .weight_layout import BUFFER_LEAVES, is_float, split_name
 
 Shape = tuple[int, ...]
-# Leaves of tensors that modules register as buffers, not parameters.
-BUFFER_LEAVES = frozenset({
-    "running_mean", "running_var", "num_batches_tracked", "inv_freq", "cos_cached", "sin_cached", "freqs_cis",
-    "position_ids", "token_type_ids", "masked_bias", "_float_tensor", "weight_u", "weight_v", "_u", "_v",
-})
 # State entries that have the shape of their parameter, in the order they are looked at.
 SHAPED_STATE = ("exp_avg", "exp_avg_sq", "momentum_buffer", "square_avg", "sum", "exp_inf", "acc_delta", "prev",
                 "ax", "max_exp_avg_sq")

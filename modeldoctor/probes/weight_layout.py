@@ -19,6 +19,12 @@ KINDS = ("linear", "conv", "embedding", "norm", "batchnorm", "attention-in-proj"
 EMBEDDING_NAME = re.compile(r"(^|[._])(emb|emb_\w+|embed\w*|embedding\w*|wte|wpe|tok_emb\w*|pos_emb\w*|codebook\w*|lookup)($|[._])",
                             re.IGNORECASE)
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+# Leaves of tensors that modules register as buffers, not parameters: they never train (rotary
+# frequencies, masks, ids) or are judged on their own (BatchNorm statistics).
+BUFFER_LEAVES = frozenset({
+    *BN_STATS, "inv_freq", "cos_cached", "sin_cached", "freqs_cis",
+    "position_ids", "token_type_ids", "masked_bias", "_float_tensor", "weight_u", "weight_v", "_u", "_v",
+})
 RNN_LEAF = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 
 
