@@ -281,3 +281,25 @@ def test_subject_fixes_on_a_checkpoint_without_a_subject_are_one_clear_line(tmp_
     torch.save(healthy[0].state_dict(), tmp_path / "mine.pt")
     run = run_cli("fix", "mine.pt", "--apply", "clamp-output", "--out", "out.pt", cwd=tmp_path)
     assert run.returncode == 2 and "--subject" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_tensors_no_check_can_read_are_left_out_with_a_note_and_a_file_of_only_those_is_refused(tmp_path):
+    torch.save({"w": torch.randn(8, 8).to_sparse(), "dense.weight": torch.randn(40, 40)}, tmp_path / "mixed.pt")
+    report = modeldoctor.diagnose(tmp_path / "mixed.pt", checks=["non-finite"])
+    assert report["weights"]["tensors"] == 1 and "w (sparse_coo)" in report["weights"]["notes"][0]
+    assert report["results"][0]["status"] == "pass"
+    torch.save({"w": torch.randn(8, 8).to_sparse()}, tmp_path / "sparse.pt")
+    with pytest.raises(InputError, match="none of its tensors can be read"):
+        read_checkpoint(tmp_path / "sparse.pt")
+
+
+def test_save_checkpoint_keeps_the_optimizer_so_the_weight_and_subject_checks_run_together(tmp_path):
+    subject = modeldoctor.build_subject("sparse-field", {"n_train_fields": 16, "n_eval_fields": 8})
+    head_only = torch.optim.Adam(subject.model.head.parameters(), lr=1e-3)  # the rest never in the optimizer
+    scheduler = torch.optim.lr_scheduler.StepLR(head_only, step_size=10)
+    path = modeldoctor.save_checkpoint(tmp_path / "ckpt.pt", subject, optimizer=head_only, scheduler=scheduler)
+    loaded = modeldoctor.load_checkpoint(path)
+    assert loaded.subject is not None and loaded.weights.scheduler["step_size"] == 10
+    report = modeldoctor.diagnose(loaded, checks=["optimizer-state"])
+    assert report["results"][0]["status"] == "fail"
+    assert "encoder.layers.0.linear1.weight" in flagged(report, "optimizer-state")

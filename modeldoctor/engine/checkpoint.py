@@ -20,6 +20,7 @@ import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,8 +105,14 @@ def save_checkpoint(
     config: dict | None = None,
     fixes: list[str] | None = None,
     extra: dict | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
 ) -> Path:
-    """Write an atomic, weights-only-loadable checkpoint. Pass a Subject, or a model plus `subject`/`config`."""
+    """Write an atomic, weights-only-loadable checkpoint. Pass a Subject, or a model plus `subject`/`config`.
+
+    `optimizer` and `scheduler` (an LR scheduler) are saved beside the weights, so the optimizer-state
+    check can tell which parameters trained.
+    """
     if isinstance(model, Subject):
         subject = subject or model.name
         config = model.config if config is None else config
@@ -123,7 +130,10 @@ def save_checkpoint(
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
-    torch.save({META_KEY: meta, "state_dict": state}, buffer)
+    training = {"optimizer": optimizer.state_dict()} if optimizer is not None else {}
+    if scheduler is not None:
+        training["lr_scheduler"] = scheduler.state_dict()
+    torch.save({META_KEY: meta, "state_dict": state, **training}, buffer)
     path = Path(path)
     atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -107,5 +107,6 @@ def diagnose(
     results = run_battery(evidence, selected, options=options, seed=seed, budget_s=budget_s,
                           progress=progress, figures=figures)
     info = info_of(read)  # after the checks: the file was hashed while they ran
-    section = weights_summary(evidence.weights, results) if evidence.weights is not None else None
+    notes = read.notes if isinstance(read, LoadedCheckpoint) else []
+    section = weights_summary(evidence.weights, results, notes) if evidence.weights is not None else None
     return build_report(info, results, evidence=evidence.kinds(), figures=figures, weights=section)

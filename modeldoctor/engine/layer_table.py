@@ -3,6 +3,7 @@
     {"path", "format", "sha256", "tensors": 42, "parameters": 1234567, "dtypes": {"float32": 40, "int64": 2},
      "optimizer": true, "scheduler": false, "against": "base.pt" | null, "extra": {"epoch": 3},
      "checks": ["non-finite", "dead-units", ...],          # the columns of the heatmap: weight checks that ran
+     "notes": ["dropped the wrapper prefix 'module.' ..."],  # what the reader did to the names, what it left out
      "layers": [{"name", "kind", "shape", "dtype", "parameters", "tensors": [...],
                  "flags": {"untrained-layers": "fail"}, "worst": "fail"}]}   # worst first
 
@@ -34,8 +35,8 @@ def flags_by_layer(weights: Weights, results: list[CheckResult]) -> dict[str, di
     return flags
 
 
-def weights_summary(weights: Weights, results: list[CheckResult]) -> dict:
-    """The report's `weights` section (see the module docstring)."""
+def weights_summary(weights: Weights, results: list[CheckResult], notes: list[str] | None = None) -> dict:
+    """The report's `weights` section (see the module docstring); `notes` are the reader's (what it left out, ...)."""
     flags = flags_by_layer(weights, results)
     rows = []
     dtypes: dict[str, int] = {}
@@ -60,5 +61,6 @@ def weights_summary(weights: Weights, results: list[CheckResult]) -> dict:
         "against": weights.base.path if weights.base is not None else None,
         "extra": clean({k: v for k, v in weights.extra.items() if isinstance(v, (int, float, str, bool))}),
         "checks": [r.check for r in results if r.evidence == "weights" and r.status != "skip"],
+        "notes": list(notes or []),
         "layers": rows,
     }

@@ -179,10 +179,34 @@ def _renamed(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], l
     return renamed, [f"dropped the wrapper prefix {', '.join(repr(p) for p in dropped[:3])} from tensor names"] if dropped else []
 
 
+def _dense_only(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The dense tensors, and a note naming the others (sparse, quantized, meta), which no check can read.
+
+    They are left out rather than converted: a sparse tensor's dense form can be far larger than the file.
+    """
+    def kind(tensor: torch.Tensor) -> str | None:
+        if tensor.layout != torch.strided:
+            return str(tensor.layout).removeprefix("torch.")
+        if tensor.is_quantized:
+            return "quantized"
+        return "meta" if tensor.device.type == "meta" else None
+
+    odd = {name: kind(tensor) for name, tensor in state.items() if kind(tensor)}
+    if not odd:
+        return state, []
+    listed = ", ".join(f"{name} ({what})" for name, what in list(odd.items())[:4]) + (" and more" if len(odd) > 4 else "")
+    return ({name: tensor for name, tensor in state.items() if name not in odd},
+            [f"left out {len(odd)} tensor(s) the weight checks cannot read: {listed}"])
+
+
 def read_torch_file(path: Path, trust: bool = False) -> ReadCheckpoint:
     raw = torch_load(path, trust)
     meta, state, fmt, beside = unwrap(raw, path)
+    state, left_out = _dense_only(state)
+    if not state:
+        raise InputError(f"{path}: none of its tensors can be read by the weight checks ({left_out[0].split(': ', 1)[1]})")
     state, notes = _renamed(state)
+    notes += left_out
     weights = Weights(source=InMemoryTensors(state), path=str(path), format=fmt, **beside)
     return ReadCheckpoint(weights, meta, fmt, notes)
 
@@ -268,7 +292,7 @@ def read_safetensors(path: Path) -> ReadCheckpoint:
 
 def _torch_shard(path: Path) -> InMemoryTensors:
     _, state, _, _ = unwrap(torch_load(path), path)
-    return InMemoryTensors(state)
+    return InMemoryTensors(_dense_only(state)[0])
 
 
 def _read_json(path: Path) -> dict:

@@ -130,7 +130,8 @@ def _layers_view(weights: Any) -> dict | None:
     columns = [{"slug": c, "anchor": "check-" + _anchor(c)} for c in checks]
     return {"checks": columns, "shown": rows[:LAYERS_SHOWN], "folded": rows[LAYERS_SHOWN:],
             "flagged": sum(row["flagged"] for row in rows), "total": len(rows),
-            "facts": [(k, v) for k, v in facts if v not in (None, "")]}
+            "facts": [(k, v) for k, v in facts if v not in (None, "")],
+            "notes": [str(note) for note in weights.get("notes") or []]}
 
 
 # ----------------------------------------------------------------------------- checks

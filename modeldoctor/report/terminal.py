@@ -111,6 +111,8 @@ def print_layers(weights: dict, console: Console, limit: int = 12) -> None:
             f"{len(layers)} layers ({weights.get('format') or 'checkpoint'}"
             + (", with optimizer state" if weights.get("optimizer") else "") + ")")
     console.print(Text(line, style="dim"))
+    for note in weights.get("notes") or []:
+        console.print(Text(f"  {note}", style="dim"))
     if not flagged:
         return
     table = Table(title=Text(f"Flagged layers ({len(flagged)} of {len(layers)})", style="bold"), title_justify="left")
