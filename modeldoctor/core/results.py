@@ -15,9 +15,9 @@ Schema `modeldoctor.report/2` (one object per diagnose run):
 optimizer/scheduler state and a base (`--against`), and one row per layer {name, kind, shape, dtype,
 parameters, tensors, flags {check: status}, worst}, worst first.
 
-Each finding: {"status", "kind", "message", "metrics", "fixes", "advice", "where"} (`where`: the tensors or
-modules it is about). A result's status, summary,
-fixes and notes are derived from its findings by the runner (`derive`).
+Each finding: {"status", "kind", "message", "metrics", "fixes", "advice", "where"} (`where`: the tensors
+or modules it is about). A result's status, summary, fixes and notes are derived from its findings by
+the runner (`derive`).
 
 Changes from `modeldoctor.report/1`: `severity` is gone (the status alone sets the exit code through
 `--fail-on`); `findings`, per-result `evidence` and the top-level `evidence` and `figures` are new;
