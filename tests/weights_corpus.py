@@ -61,6 +61,19 @@ def sampler(n: int, batch: int, generator: torch.Generator) -> Callable[[], torc
     return lambda: torch.randint(n, (batch,), generator=generator)
 
 
+def fit_batches(name: str, model: nn.Module, optimizer, scheduler, inputs: torch.Tensor, targets: torch.Tensor,
+                loss: Callable, batch: int, generator: torch.Generator, steps: int, drop: float) -> "Built":
+    """`fit` on random minibatches of (inputs, targets) with `loss(model(x), y)`; the Built it gives."""
+    pick = sampler(len(inputs), batch, generator)
+
+    def step():
+        i = pick()
+        return loss(model(inputs[i]), targets[i])
+
+    fit(name, model, optimizer, scheduler, step, steps, drop=drop)
+    return Built(name, model, optimizer, scheduler)
+
+
 def teacher(dims: list[int], generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     """A fixed random tanh MLP: a smooth target function to regress or classify by."""
     mats = [torch.randn(a, b, generator=generator) / math.sqrt(a) for a, b in zip(dims, dims[1:])]
@@ -88,14 +101,8 @@ def build_mlp_tanh() -> Built:
     y = teacher([16, 32, 4], g)(x)  # (N, 4)
     model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    pick = sampler(len(x), 64, g)
-
-    def step():
-        i = pick()
-        return F.mse_loss(model(x[i]), y[i])
-
-    fit("mlp-tanh", model, opt, None, step, 400, drop=0.2)
-    return Built("mlp-tanh", model, opt, None)
+    return fit_batches("mlp-tanh", model, opt, None, x, y, F.mse_loss, 64, g,
+                       400, drop=0.2)
 
 
 def build_mlp_relu_sgd() -> Built:
@@ -106,14 +113,8 @@ def build_mlp_relu_sgd() -> Built:
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=400)
-    pick = sampler(len(x), 64, g)
-
-    def step():
-        i = pick()
-        return F.cross_entropy(model(x[i]), labels[i])
-
-    fit("mlp-relu-sgd", model, opt, sched, step, 400, drop=0.4)
-    return Built("mlp-relu-sgd", model, opt, sched)
+    return fit_batches("mlp-relu-sgd", model, opt, sched, x, labels, F.cross_entropy, 64, g,
+                       400, drop=0.4)
 
 
 # --- convnets -------------------------------------------------------------------------------------
@@ -141,14 +142,8 @@ def build_convnet_bn() -> Built:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4),
     )
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    pick = sampler(len(x), 32, g)
-
-    def step():
-        i = pick()
-        return F.cross_entropy(model(x[i]), labels[i])
-
-    fit("convnet-bn", model, opt, None, step, 150, drop=0.3)
-    return Built("convnet-bn", model, opt, None)
+    return fit_batches("convnet-bn", model, opt, None, x, labels, F.cross_entropy, 32, g,
+                       150, drop=0.3)
 
 
 def build_conv1d() -> Built:
@@ -175,14 +170,8 @@ def build_conv1d() -> Built:
     model = Conv1dNet()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)
-    pick = sampler(n, 32, g)
-
-    def step():
-        i = pick()
-        return F.cross_entropy(model(x[i]), labels[i])
-
-    fit("conv1d", model, opt, sched, step, 200, drop=0.3)
-    return Built("conv1d", model, opt, sched)
+    return fit_batches("conv1d", model, opt, sched, x, labels, F.cross_entropy, 32, g,
+                       200, drop=0.3)
 
 
 class BasicBlock(nn.Module):
@@ -215,14 +204,8 @@ def build_resnet_sgd() -> Built:
     model = TinyResNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=120)
-    pick = sampler(len(x), 32, g)
-
-    def step():
-        i = pick()
-        return F.cross_entropy(model(x[i]), labels[i])
-
-    fit("resnet-sgd", model, opt, sched, step, 120, drop=0.3)
-    return Built("resnet-sgd", model, opt, sched)
+    return fit_batches("resnet-sgd", model, opt, sched, x, labels, F.cross_entropy, 32, g,
+                       120, drop=0.3)
 
 
 def build_conv_autoencoder() -> Built:
@@ -244,14 +227,8 @@ def build_conv_autoencoder() -> Built:
 
     model = ConvAutoencoder()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    pick = sampler(len(x), 32, g)
-
-    def step():
-        i = pick()
-        return F.mse_loss(model(x[i]), x[i])
-
-    fit("conv-autoencoder", model, opt, None, step, 250, drop=0.5)
-    return Built("conv-autoencoder", model, opt, None)
+    return fit_batches("conv-autoencoder", model, opt, None, x, x, F.mse_loss, 32, g,
+                       250, drop=0.5)
 
 
 # --- sequence models ------------------------------------------------------------------------------
@@ -276,14 +253,8 @@ def build_lstm() -> Built:
 
     model = LSTMClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    pick = sampler(len(tokens), 64, g)
-
-    def step():
-        i = pick()
-        return F.cross_entropy(model(tokens[i]), labels[i])
-
-    fit("lstm", model, opt, None, step, 250, drop=0.5)
-    return Built("lstm", model, opt, None)
+    return fit_batches("lstm", model, opt, None, tokens, labels, F.cross_entropy, 64, g,
+                       250, drop=0.5)
 
 
 def build_gru() -> Built:
@@ -303,14 +274,8 @@ def build_gru() -> Built:
 
     model = GRURegressor()
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    pick = sampler(len(x), 32, g)
-
-    def step():
-        i = pick()
-        return F.mse_loss(model(x[i]), y[i])
-
-    fit("gru", model, opt, None, step, 200, drop=0.3)
-    return Built("gru", model, opt, None)
+    return fit_batches("gru", model, opt, None, x, y, F.mse_loss, 32, g,
+                       200, drop=0.3)
 
 
 def build_transformer_encoder() -> Built:
@@ -338,14 +303,8 @@ def build_transformer_encoder() -> Built:
     model = EncoderClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = warmup_cosine(opt, 20, 200)
-    pick = sampler(len(tokens), 32, g)
-
-    def step():
-        i = pick()
-        return F.cross_entropy(model(tokens[i]), labels[i])
-
-    fit("transformer-encoder", model, opt, sched, step, 200, drop=0.3)
-    return Built("transformer-encoder", model, opt, sched)
+    return fit_batches("transformer-encoder", model, opt, sched, tokens, labels, F.cross_entropy, 32, g,
+                       200, drop=0.3)
 
 
 # --- nanoGPT-style decoder ----------------------------------------------------------------------
@@ -622,14 +581,8 @@ def build_preln_mlp() -> Built:
     model = PreLNNet()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     sched = warmup_cosine(opt, 20, 300)
-    pick = sampler(len(x), 64, g)
-
-    def step():
-        i = pick()
-        return F.mse_loss(model(x[i]), y[i])
-
-    fit("preln-gelu-mlp", model, opt, sched, step, 300, drop=0.3)
-    return Built("preln-gelu-mlp", model, opt, sched)
+    return fit_batches("preln-gelu-mlp", model, opt, sched, x, y, F.mse_loss, 64, g,
+                       300, drop=0.3)
 
 
 BUILDERS: dict[str, Callable[[], Built]] = {

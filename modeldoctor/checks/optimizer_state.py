@@ -12,6 +12,7 @@ from ..core.evidence import Weights
 from ..core.registry import register_check
 from ..core.results import Finding, Measurement
 from ..probes.optimizer_map import optimizer_kind, optimizer_map, param_order, states
+from ..probes.weight_layout import split_name
 
 NO_OPTIMIZER = "the checkpoint holds no optimizer state; save optimizer.state_dict() beside the model to enable it"
 # Leaves that are parameters in the usual modules: an uncovered one fails, any other leaf (maybe a buffer) warns.
@@ -144,7 +145,7 @@ class OptimizerState(Check):
             "uncovered_count": missing, "mapping": pmap.how, "mapping_sure": pmap.how == "param_names",
             "ambiguous_params": sum(len(x) > 1 for x in pmap.options), "orphans": names(pmap.orphans),
             "uncovered": sure[:LISTED], "maybe_uncovered": maybe[:LISTED], "tied": [f"{a} = {b}" for a, b in pmap.tied.items()],
-            "uncovered_param_like": any(PARAM_LEAF.search(n.rpartition(".")[2]) for n in sure + maybe),
+            "uncovered_param_like": any(PARAM_LEAF.search(split_name(n)[1]) for n in sure + maybe),
             "no_state_count": len(no_state), "no_state": names(no_state),
             "zero_moment_count": len(zero), "zero_moment": names(i for i, _ in zero), "zero_moment_keys": sorted({k for _, k in zero}),
             "max_step": top if steps else None, "min_step": min(steps.values(), default=None),

@@ -9,7 +9,7 @@ from ..core.evidence import Weights
 from ..core.registry import register_check
 from ..core.results import Figure, Finding, Measurement
 from ..probes.init_fingerprint import candidates, compare_to_base, is_constant, match_init, norm_dispersion_p
-from ..probes.weight_layout import Layer, layers
+from ..probes.weight_layout import Layer, layers, split_name
 from ..probes.weight_stats import tensor_stats
 
 TESTED_KINDS = ("linear", "conv", "embedding", "attention-in-proj", "rnn")
@@ -110,7 +110,7 @@ class UntrainedLayers(Check):
         o, st = self.options, tensor_stats(weights, name)
         unit = {"layer": layer.name, "tensor": name, "kind": layer.kind, "std": st.std, "numel": st.numel}
         if layer.kind == "rnn":
-            unit["what"] = name.rpartition(".")[2]
+            unit["what"] = split_name(name)[1]
         if is_constant(st):  # a zero (or other constant) init: exact evidence, whatever the size
             return {**unit, "state": "at-init", "init": f"constant {st.mean:g}", "exact": True}
         if not st.floating or st.numel < o["min_numel"] or len(st.shape) < 2:

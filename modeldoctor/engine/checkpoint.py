@@ -31,6 +31,7 @@ from ..core.fix import apply_fixes
 from ..core.registry import build_subject
 from ..core.subject import Subject
 from ..core.version import __version__
+from ..probes.weight_stats import tensor_stats
 from .files import atomic_write_bytes
 from .readers import META_KEY, read_checkpoint
 
@@ -198,7 +199,7 @@ def load_checkpoint(
     built = build_subject(name, merged_config)
     built = apply_fixes(built, meta.get("fixes") or [], copy=False, replay=True)
     state = _fit_names(dict(weights.tensors()), built.model)
-    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    bad = [name for name in weights.names() if tensor_stats(weights, name).nonfinite]  # the pass non-finite reads too
     if bad:
         why = (f"the weights hold NaN/Inf in {len(bad)} tensor(s) ({', '.join(bad[:3])}): a live subject "
                "would train and evaluate garbage; see non-finite")

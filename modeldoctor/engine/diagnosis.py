@@ -14,7 +14,7 @@ from ..core.registry import load_plugin, load_plugins
 from ..core.subject import Subject
 from .checkpoint import LoadedCheckpoint, load_checkpoint, read_config_file
 from .layer_table import weights_summary
-from .runner import ProgressFn, build_report, run_battery, select_checks, subject_info
+from .runner import ProgressFn, as_evidence, build_report, run_battery, select_checks, subject_info
 
 
 def load_plugin_specs(plugins: Iterable[str] = ()) -> None:
@@ -47,9 +47,7 @@ def read_target(target, *, subject: str | None = None, config: dict | str | Path
 
 
 def evidence_of(target: LoadedCheckpoint | Subject | Evidence) -> Evidence:
-    if isinstance(target, LoadedCheckpoint):
-        return target.evidence
-    return Evidence(subject=target) if isinstance(target, Subject) else target
+    return target.evidence if isinstance(target, LoadedCheckpoint) else as_evidence(target)
 
 
 def info_of(target: LoadedCheckpoint | Subject | Evidence) -> dict:

@@ -42,14 +42,14 @@ def weights_summary(weights: Weights, results: list[CheckResult], notes: list[st
     dtypes: dict[str, int] = {}
     total = 0
     for order, layer in enumerate(layers(weights)):
-        infos = [weights.info(name) for name in layer.tensors.values()]
-        for info in infos:
+        infos = {name: weights.info(name) for name in layer.tensors.values()}
+        for info in infos.values():
             dtypes[info.dtype] = dtypes.get(info.dtype, 0) + 1
-        count = sum(info.numel for info in infos)
+        count = sum(info.numel for info in infos.values())
         total += count
         marks = flags.get(layer.name, {})
         rows.append({"name": layer.name or "(top level)", "kind": layer.kind, "shape": list(layer.shape),
-                     "dtype": weights.info(layer.main).dtype, "parameters": count, "tensors": list(layer.tensors.values()),
+                     "dtype": infos[layer.main].dtype, "parameters": count, "tensors": list(layer.tensors.values()),
                      "flags": marks, "worst": worst_status(marks.values()) if marks else "pass", "order": order})
     rows.sort(key=lambda row: (-RANK[row["worst"]], -len(row["flags"]), row["order"]))
     for row in rows:

@@ -261,6 +261,7 @@ class ShardedTensors:
 
     def __init__(self, folder: Path, weight_map: dict[str, str], open_shard: Callable[[Path], Any]):
         self.folder, self.weight_map, self._open = folder, weight_map, open_shard
+        self._names = sorted(weight_map, key=natural_key)
         self._shards: dict[str, Any] = {}
 
     def _shard(self, name: str) -> Any:
@@ -270,7 +271,7 @@ class ShardedTensors:
         return self._shards[file]
 
     def names(self) -> list[str]:
-        return sorted(self.weight_map, key=natural_key)
+        return list(self._names)
 
     def info(self, name: str) -> TensorInfo:
         return self._shard(name).info(name)

@@ -11,6 +11,7 @@ never written to.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -56,8 +57,7 @@ def apply_weight_fixes(weights: Weights, names: list[str]) -> dict[str, torch.Te
     replaced: dict[str, torch.Tensor] = {}
     for name in names:
         fix = get_fix(name)()
-        current = Weights(source=PatchedTensors(weights, replaced), optimizer=weights.optimizer,
-                          scheduler=weights.scheduler, extra=weights.extra, path=weights.path, format=weights.format)
+        current = dataclasses.replace(weights, source=PatchedTensors(weights, replaced), cache={})  # fresh summaries
         reason = fix.applicable_weights(current)
         if reason:
             raise InputError(f"fix {name!r} does not apply to {weights.path}: {reason}")
@@ -129,10 +129,10 @@ def _write_hf_folder(folder: Path, out: Path, weights: Weights, replaced: dict, 
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(folder, staging)  # config, tokenizer, optimizer state, untouched shards
     try:
+        single = None if shards else next(f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file())
         by_file: dict[str, list[str]] = {}
         for name in weights.names():
-            file = shards[name] if shards else next(f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file())
-            by_file.setdefault(file, []).append(name)
+            by_file.setdefault(shards[name] if shards else single, []).append(name)
         for file, names in by_file.items():
             if not any(name in replaced for name in names):
                 continue

@@ -21,7 +21,7 @@ import torch
 from scipy import special, stats
 
 from ..core.evidence import Weights
-from .weight_layout import BUFFER_LEAVES, fans, is_float, layers
+from .weight_layout import BUFFER_LEAVES, fans, is_float, layer_of, layers, split_name
 from .weight_stats import CHUNK_ELEMENTS, TensorStats
 
 Cdf = Callable[[np.ndarray], np.ndarray]
@@ -195,7 +195,7 @@ def compare_to_base(weights: Weights, base: Weights, rtol: float, listed: int = 
     changes, missing, mismatched = {}, [], []
     for name in weights.names():
         info = weights.info(name)
-        if not is_float(info) or name.rpartition(".")[2] in BUFFER_LEAVES:
+        if not is_float(info) or split_name(name)[1] in BUFFER_LEAVES:
             continue
         if name not in present:
             missing.append(name)
@@ -208,7 +208,7 @@ def compare_to_base(weights: Weights, base: Weights, rtol: float, listed: int = 
     smallest = min(changes, key=changes.get) if changes else None
     return {"compared": len(changes), "changed": len(changes) - len(unchanged), "unchanged": len(unchanged),
             "unchanged_tensors": known[:listed], "unchanged_other": [n for n in unchanged if n not in known][:listed],
-            "unchanged_layers": list(dict.fromkeys(n.rpartition(".")[0] for n in known))[:listed],
+            "unchanged_layers": list(dict.fromkeys(layer_of(n) for n in known))[:listed],
             "missing": len(missing), "missing_tensors": missing[:listed], "mismatched": len(mismatched),
             "mismatched_tensors": [name for name, _ in mismatched[:listed]],
             "mismatched_shapes": [f"{name} {shapes}" for name, shapes in mismatched[:listed]],

@@ -116,7 +116,7 @@ def consumer_of(weights: Weights, found: list[Layer], index: int) -> tuple[Layer
             continue  # a bare scalar or vector (a gain, a buffer) between the two
         if candidate.kind not in ("linear", "conv") or split_name(candidate.name)[0] != parent:
             return None, []
-        if candidate.shape[1] != producer.shape[0] or READS_BLOCK_INPUT.search(candidate.name.rpartition(".")[2]):
+        if candidate.shape[1] != producer.shape[0] or READS_BLOCK_INPUT.search(split_name(candidate.name)[1]):
             return None, []
         if transposed(weights, candidate):
             return None, []
